@@ -1,0 +1,3 @@
+"""gengate: a self-hosted, policy-governed, OpenAI-compatible Gen Gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,108 @@
+"""`create_app`: the one place the ASGI application is assembled from Settings.
+
+The public app serves the OpenAI API (and the admin plane under `/admin` unless `server.admin_port` is set);
+`create_admin_app` serves the admin plane alone, sharing the same Gateway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gengate.app import admin_routes, openai_routes
+from gengate.app.errors import error_response, json_response
+from gengate.app.gateway import Gateway, open_gateway
+from gengate.app.middleware import RequestContext
+from gengate.errors import GengateError, RequestError
+from gengate.settings import Settings
+
+
+async def _health(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(RequestError(f"no route for {request.method} {request.url.path}", code="not_found"))
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    error = RequestError(f"method {request.method} is not allowed on {request.url.path}", code="method_not_allowed")
+    error.status = 405
+    return error_response(error)
+
+
+async def _gengate_error(request: Request, exc: Exception) -> Response:
+    return error_response(exc)
+
+
+def admin_routes_list(prefix: str) -> list[Route]:
+    """The admin plane's routes under a prefix."""
+    return [
+        Route(f"{prefix}/keys", admin_routes.create_key_endpoint, methods=["POST"]),
+        Route(f"{prefix}/keys", admin_routes.list_keys_endpoint, methods=["GET"]),
+        Route(f"{prefix}/keys/{{key_id}}", admin_routes.revoke_key_endpoint, methods=["DELETE"]),
+        Route(f"{prefix}/requests", admin_routes.requests_endpoint, methods=["GET"]),
+        Route(f"{prefix}/requests/{{request_id}}", admin_routes.request_endpoint, methods=["GET"]),
+        Route(f"{prefix}/spend", admin_routes.spend_endpoint, methods=["GET"]),
+        Route("/metrics", admin_routes.metrics_endpoint, methods=["GET"]),
+    ]
+
+
+def _starlette(settings: Settings, routes: list[Route], lifespan: object) -> Starlette:
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContext, max_body_bytes=settings.server.max_body_bytes)],
+        exception_handlers={404: _not_found, 405: _method_not_allowed, GengateError: _gengate_error},
+        lifespan=lifespan,  # type: ignore[arg-type]
+    )
+
+
+class GatewayHolder:
+    """Opens the Gateway once for however many apps share it, and closes it after the last one."""
+
+    def __init__(self, settings: Settings, gateway: Gateway | None = None) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self._users = 0
+        self._owned = gateway is None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Starlette lifespan: open on first start, close on last stop."""
+        if self.gateway is None:
+            self.gateway = await open_gateway(self.settings)
+        self._users += 1
+        app.state.gateway = self.gateway
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0 and self._owned:
+                await self.gateway.close()
+                self.gateway = None
+
+
+def create_app(settings: Settings, *, holder: GatewayHolder | None = None) -> Starlette:
+    """The public application (OpenAI API; admin plane too unless it has its own port)."""
+    holder = holder or GatewayHolder(settings)
+    routes = [
+        Route("/v1/chat/completions", openai_routes.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", openai_routes.embeddings, methods=["POST"]),
+        Route("/v1/models", openai_routes.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", openai_routes.get_model, methods=["GET"]),
+        Route("/healthz", _health, methods=["GET"]),
+    ]
+    if settings.server.admin_port is None:
+        routes += admin_routes_list("/admin")
+    return _starlette(settings, routes, holder.lifespan)
+
+
+def create_admin_app(settings: Settings, holder: GatewayHolder) -> Starlette:
+    """The admin plane alone, for `server.admin_port`."""
+    return _starlette(settings, [*admin_routes_list("/admin"), Route("/healthz", _health)], holder.lifespan)

@@ -1,0 +1,157 @@
+"""The Gateway: every long-lived component, built once from Settings and passed to the routes.
+
+There is no module-level state: tests build as many gateways as they like, each with its own store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from gengate.auth.jwt import JwtVerifier
+from gengate.auth.keys import KeyAuthenticator
+from gengate.errors import AuthenticationError
+from gengate.policy.counters import Counters, LocalCounters, RedisCounters
+from gengate.policy.engine import PolicyEngine
+from gengate.policy.pricing import PriceTable
+from gengate.providers.base import Provider
+from gengate.providers.local_llm import LocalLLMProvider
+from gengate.providers.offline import OfflineProvider
+from gengate.providers.openai_compat import OpenAICompatProvider
+from gengate.providers.routing import Router
+from gengate.settings import Settings
+from gengate.store.db import KeyRecord, Store, open_store
+from gengate.telemetry.metrics import Metrics
+from gengate.telemetry.otel import OtelExporter
+from gengate.telemetry.traces import TraceRecord, TraceWriter
+from gengate.types import Principal
+
+log = logging.getLogger("gengate")
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    """One provider object per configured provider."""
+    providers: dict[str, Provider] = {}
+    for name, spec in settings.providers.items():
+        if spec.type == "offline":
+            providers[name] = OfflineProvider(name)
+        elif spec.type == "local":
+            providers[name] = LocalLLMProvider(name, spec)
+        else:
+            providers[name] = OpenAICompatProvider(name, spec)
+    return providers
+
+
+@dataclass
+class Gateway:
+    """Long-lived parts of one gateway process."""
+
+    settings: Settings
+    store: Store
+    keys: KeyAuthenticator
+    jwt: JwtVerifier
+    policy: PolicyEngine
+    router: Router
+    providers: dict[str, Provider]
+    counters: Counters
+    prices: PriceTable
+    metrics: Metrics
+    traces: TraceWriter
+    otel: OtelExporter | None = None
+    started_at: float = field(default_factory=time.time)
+
+    async def authenticate(
+        self, authorization: str | None, api_key: str | None = None
+    ) -> tuple[Principal, KeyRecord | None]:
+        """The caller from `Authorization: Bearer …` (virtual key, admin key or JWT) or `api-key`."""
+        token: str | None = None
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise AuthenticationError("Authorization header must be 'Bearer <key or token>'")
+            token = value.strip()
+        elif api_key:
+            token = api_key.strip()
+        if not token:
+            raise AuthenticationError("missing credentials: send 'Authorization: Bearer <key>'")
+        if token.startswith("sk-") or not self.jwt.enabled or not self.jwt.looks_like_jwt(token):
+            return await self.keys.authenticate(token)
+        principal = await self.jwt.verify(token)
+        if any(role in self.settings.auth.admin_roles for role in principal.roles) and not principal.is_admin:
+            principal = Principal(
+                subject=principal.subject, team=principal.team, groups=principal.groups,
+                roles=(*principal.roles, "admin"), auth="jwt", claims=principal.claims, token=principal.token,
+            )  # fmt: skip
+        return principal, None
+
+    def record(self, trace: TraceRecord) -> None:
+        """Account for a finished request: metrics, the batched log, OpenTelemetry."""
+        m = self.metrics
+        model = trace.model or ""
+        team = trace.team or ""
+        m.requests.labels(trace.endpoint, model, team, str(trace.status)).inc()
+        m.latency.labels(trace.endpoint, model).observe(trace.latency_ms / 1000)
+        if trace.ttft_ms is not None:
+            m.ttft.labels(model).observe(trace.ttft_ms / 1000)
+        if trace.prompt_tokens:
+            m.tokens.labels(model, team, "prompt").inc(trace.prompt_tokens)
+        if trace.completion_tokens:
+            m.tokens.labels(model, team, "completion").inc(trace.completion_tokens)
+        if trace.cost_usd:
+            m.cost.labels(model, team).inc(trace.cost_usd)
+        self.traces.submit(trace)
+        if self.otel is not None:
+            self.otel.export(trace)
+
+    async def close(self) -> None:
+        """Flush logs and release every connection and process."""
+        await self.traces.close()
+        for provider in self.providers.values():
+            await provider.aclose()
+        await self.jwt.aclose()
+        await self.counters.aclose()
+        if self.otel is not None:
+            self.otel.close()
+        await self.store.close()
+
+
+async def open_gateway(settings: Settings) -> Gateway:
+    """Open the store (migrating it) and build every component."""
+    store = await open_store(settings.database_url)
+    metrics = Metrics()
+    counters: Counters = (
+        RedisCounters(settings.redis.url, settings.redis.prefix) if settings.redis.url else LocalCounters()
+    )
+    providers = build_providers(settings)
+    router = Router(
+        settings.models, providers, settings.routing,
+        default_timeout={n: p.timeout for n, p in settings.providers.items()},
+    )  # fmt: skip
+    traces = TraceWriter(
+        store,
+        metrics,
+        batch_size=settings.storage.log_batch_size,
+        flush_seconds=settings.storage.log_flush_seconds,
+    )
+    traces.start()
+    prices = PriceTable(settings.pricing)
+    gateway = Gateway(
+        settings=settings,
+        store=store,
+        keys=KeyAuthenticator(
+            store,
+            admin_keys=[k.get_secret_value() for k in settings.auth.admin_keys],
+            cache_seconds=settings.auth.key_cache_seconds,
+        ),
+        jwt=JwtVerifier(settings.auth.jwt_issuers),
+        policy=PolicyEngine(settings.policy, counters, prices, store),
+        router=router,
+        providers=providers,
+        counters=counters,
+        prices=prices,
+        metrics=metrics,
+        traces=traces,
+        otel=OtelExporter(settings.telemetry.otel) if settings.telemetry.otel.endpoint else None,
+    )
+    return gateway

@@ -1,0 +1,292 @@
+"""OpenAI-compatible routes: `/v1/chat/completions` (plain and SSE), `/v1/embeddings`, `/v1/models`.
+
+Each call: authenticate → validate → admit (policy reserves) → route (retries, fallbacks) → settle (actual
+cost) → trace. Settling happens in a `finally` shielded from cancellation, so errors and client disconnects
+release reservations too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gengate.app.errors import error_response, json_response
+from gengate.app.gateway import Gateway
+from gengate.app.requests import include_usage, parse_object, validate_chat, validate_embeddings
+from gengate.errors import GengateError, RequestError, UnknownModel, UpstreamError
+from gengate.policy.engine import Admission
+from gengate.policy.pricing import PriceTable, usd
+from gengate.providers.base import Chunk, usage_of
+from gengate.providers.local_llm import LocalLLMProvider
+from gengate.providers.offline import count_tokens
+from gengate.providers.routing import RouteLog, deployment_label
+from gengate.store.db import KeyRecord
+from gengate.telemetry.traces import TraceRecord
+from gengate.types import Principal, Usage
+
+
+@dataclass
+class Call:
+    """Per-request state shared by the steps of one call."""
+
+    gateway: Gateway
+    trace: TraceRecord
+    started: float
+    principal: Principal | None = None
+    key: KeyRecord | None = None
+    admission: Admission | None = None
+
+    @classmethod
+    def begin(cls, request: Request, endpoint: str) -> Call:
+        gateway: Gateway = request.app.state.gateway
+        trace = TraceRecord(id=request.scope["state"]["request_id"], ts=time.time(), endpoint=endpoint, status=200)
+        return cls(gateway, trace, time.perf_counter())
+
+    async def authenticate(self, request: Request) -> Principal:
+        headers = request.headers
+        self.principal, self.key = await self.gateway.authenticate(headers.get("authorization"), headers.get("api-key"))
+        self.trace.subject = self.principal.subject
+        self.trace.team = self.principal.team
+        self.trace.key_id = self.principal.key_id
+        return self.principal
+
+    async def settle(self, usage: Usage | None, route: RouteLog) -> None:
+        """Record the actual cost against the reservation (zero when nothing was served)."""
+        trace = self.trace
+        trace.attempts = len(route.attempts)
+        trace.fallbacks = route.fallbacks
+        for attempt in route.attempts:
+            if not attempt.ok:
+                self.gateway.metrics.upstream_errors.labels(attempt.deployment).inc()
+        cost = 0
+        if usage is not None and route.deployment is not None:
+            trace.deployment = deployment_label(route.deployment)
+            trace.prompt_tokens = usage.prompt_tokens
+            trace.completion_tokens = usage.completion_tokens
+            trace.cached_tokens = usage.cached_tokens
+            price = self.gateway.prices.lookup(route.deployment, trace.model or "")
+            cost = PriceTable.cost_nanos(price, usage) if price is not None else 0
+            trace.cost_usd = usd(cost)
+        if self.admission is not None:
+            await self.gateway.policy.settle(self.admission, cost_nanos=cost, tokens=usage.total_tokens if usage else 0)
+
+    def fail(self, exc: BaseException) -> Response:
+        """Turn an exception into the error response, noting it in the trace."""
+        if isinstance(exc, GengateError):
+            self.trace.status = exc.status
+            self.trace.error_code = exc.code or exc.type
+            if exc.status == 429 and self.principal is not None:
+                self.gateway.metrics.limit_rejections.labels(self.principal.team, exc.code or "limit").inc()
+        else:
+            self.trace.status = 500
+            self.trace.error_code = "internal_error"
+        return error_response(exc)
+
+    def finish(self) -> None:
+        self.trace.latency_ms = (time.perf_counter() - self.started) * 1000
+        self.gateway.record(self.trace)
+
+
+def _estimate_prompt(payload: dict[str, Any]) -> int:
+    """Approximate prompt tokens when an upstream reports no usage."""
+    total = 0
+    for message in payload.get("messages") or payload.get("input") or []:
+        content = message.get("content") if isinstance(message, dict) else message
+        total += count_tokens(content if isinstance(content, str) else orjson.dumps(content).decode()) + 4
+    return total
+
+
+async def chat_completions(request: Request) -> Response:
+    """POST /v1/chat/completions."""
+    call = Call.begin(request, "chat.completions")
+    route = RouteLog()
+    streaming = False
+    try:
+        principal = await call.authenticate(request)
+        raw = await request.body()
+        body = parse_object(raw)
+        model, stream, max_out = validate_chat(body, max_messages=call.gateway.settings.server.max_messages)
+        call.trace.model = model
+        call.trace.stream = stream
+        alias = call.gateway.router.alias(model)
+        if alias.kind != "chat":
+            raise RequestError(f"model {model!r} is an embedding model", param="model")
+        call.admission = await call.gateway.policy.admit(
+            principal,
+            call.key,
+            model,
+            alias.deployments,
+            prompt_tokens_bound=len(raw),
+            max_output_tokens=max_out,
+        )
+        payload = dict(body)
+        if max_out is None and call.admission.max_output_tokens is not None:
+            payload["max_tokens"] = call.admission.max_output_tokens
+        if stream:
+            payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            first, rest = await call.gateway.router.open_stream(model, payload, call.trace.id, route)
+            streaming = True
+            return StreamingResponse(
+                _relay(call, route, first, rest, include_usage(body), payload),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            )
+        result = await call.gateway.router.run(model, payload, call.trace.id, "complete", route)
+        usage = usage_of(result) or _estimated_usage(payload, result)
+        await call.settle(usage, route)
+        return Response(orjson.dumps(result), media_type="application/json")
+    except Exception as exc:
+        response = call.fail(exc)
+        with anyio.CancelScope(shield=True):
+            await call.settle(None, route)
+        return response
+    finally:
+        if not streaming:
+            call.finish()
+
+
+def _estimated_usage(payload: dict[str, Any], result: dict[str, Any]) -> Usage:
+    text = ""
+    for choice in result.get("choices") or []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            text += message["content"]
+    return Usage(prompt_tokens=_estimate_prompt(payload), completion_tokens=count_tokens(text))
+
+
+def _sse(chunk: Chunk) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+async def _relay(
+    call: Call,
+    route: RouteLog,
+    first: Chunk,
+    rest: AsyncIterator[Chunk],
+    want_usage: bool,
+    payload: dict[str, Any],
+) -> AsyncIterator[bytes]:
+    """Forward stream chunks as SSE, keep the usage, settle and trace whatever happens."""
+    usage: Usage | None = None
+    pieces: list[str] = []
+    finished = False
+    try:
+        chunk: Chunk | None = first
+        while chunk is not None:
+            found = usage_of(chunk)
+            if found is not None:
+                usage = found
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")):
+                    if call.trace.ttft_ms is None:
+                        call.trace.ttft_ms = (time.perf_counter() - call.started) * 1000
+                    if isinstance(delta.get("content"), str):
+                        pieces.append(delta["content"])
+            if want_usage or "usage" not in chunk:
+                yield _sse(chunk)
+            elif chunk.get("choices"):
+                yield _sse({k: v for k, v in chunk.items() if k != "usage"})
+            chunk = await anext(rest, None)
+        yield b"data: [DONE]\n\n"
+        finished = True
+    except UpstreamError as exc:
+        if route.deployment is not None:
+            call.gateway.router.report_stream_failure(route.deployment)
+        call.trace.status = exc.status
+        call.trace.error_code = exc.code
+        yield _sse(exc.to_body())
+        finished = True
+    finally:
+        with anyio.CancelScope(shield=True):
+            call.trace.client_disconnected = not finished
+            close = getattr(rest, "aclose", None)
+            if close is not None:
+                await close()
+            if usage is None:
+                # No final usage (client left, or the upstream never sent it): charge what was streamed.
+                usage = Usage(prompt_tokens=_estimate_prompt(payload), completion_tokens=count_tokens("".join(pieces)))
+            await call.settle(usage, route)
+            call.finish()
+
+
+async def embeddings(request: Request) -> Response:
+    """POST /v1/embeddings."""
+    call = Call.begin(request, "embeddings")
+    route = RouteLog()
+    try:
+        principal = await call.authenticate(request)
+        raw = await request.body()
+        body = parse_object(raw)
+        model = validate_embeddings(body)
+        call.trace.model = model
+        alias = call.gateway.router.alias(model)
+        if alias.kind != "embedding":
+            raise RequestError(f"model {model!r} is not an embedding model", param="model")
+        call.admission = await call.gateway.policy.admit(
+            principal, call.key, model, alias.deployments, prompt_tokens_bound=len(raw), max_output_tokens=0
+        )
+        result = await call.gateway.router.run(model, body, call.trace.id, "embed", route)
+        usage = usage_of(result) or Usage(prompt_tokens=_estimate_prompt(body))
+        await call.settle(usage, route)
+        return Response(orjson.dumps(result), media_type="application/json")
+    except Exception as exc:
+        response = call.fail(exc)
+        with anyio.CancelScope(shield=True):
+            await call.settle(None, route)
+        return response
+    finally:
+        call.finish()
+
+
+def visible_models(gateway: Gateway, principal: Principal, key: KeyRecord | None) -> list[str]:
+    """Aliases this caller may use whose providers can serve (the local model only when installed)."""
+    names = []
+    for name, alias in gateway.router.aliases.items():
+        if not gateway.policy.may_use(principal, key, name):
+            continue
+        providers = [gateway.providers[d.provider] for d in alias.deployments]
+        if all(isinstance(p, LocalLLMProvider) and not p.available for p in providers):
+            continue
+        names.append(name)
+    return sorted(names)
+
+
+def _model_object(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "gengate"}
+
+
+async def list_models(request: Request) -> Response:
+    """GET /v1/models: only what the caller may use."""
+    gateway: Gateway = request.app.state.gateway
+    try:
+        principal, key = await gateway.authenticate(
+            request.headers.get("authorization"), request.headers.get("api-key")
+        )
+    except GengateError as exc:
+        return error_response(exc)
+    created = int(gateway.started_at)
+    data = [_model_object(n, created) for n in visible_models(gateway, principal, key)]
+    return json_response({"object": "list", "data": data})
+
+
+async def get_model(request: Request) -> Response:
+    """GET /v1/models/{model}: 404 for models that do not exist or that the caller may not use."""
+    gateway: Gateway = request.app.state.gateway
+    try:
+        principal, key = await gateway.authenticate(
+            request.headers.get("authorization"), request.headers.get("api-key")
+        )
+    except GengateError as exc:
+        return error_response(exc)
+    name = request.path_params["model"]
+    if name not in visible_models(gateway, principal, key):
+        return error_response(UnknownModel(f"the model {name!r} does not exist", param="model"))
+    return json_response(_model_object(name, int(gateway.started_at)))

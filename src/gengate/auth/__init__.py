@@ -1,0 +1,1 @@
+"""Identity: virtual API keys, JWT bearer tokens, and the Principal they become."""

@@ -1,0 +1,1 @@
+"""The `gengate` command: thin commands over library functions, one module per group."""

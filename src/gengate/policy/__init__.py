@@ -1,0 +1,1 @@
+"""Policy: which models a caller may use, how fast, and how much they may spend."""

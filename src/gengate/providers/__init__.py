@@ -1,0 +1,1 @@
+"""Model providers: one OpenAI-compatible upstream client, the offline provider, the local small LLM."""

@@ -1,0 +1,218 @@
+"""Routing: model aliases → ordered deployments, retries with backoff, fallbacks, a circuit breaker.
+
+Deployments are tried by `priority` (lowest first); within one priority tier the order is a weighted random
+shuffle, so weights spread load. Each deployment gets `max_retries` retries with exponential backoff on
+retryable faults (429, 5xx, timeouts, garbage), then the next deployment is tried. A deployment that fails
+`breaker_failures` times in a row is skipped for `breaker_cooldown_seconds`, then half-open: one call decides.
+Streams fall back too, but only before the first chunk has been received (nothing has reached the client).
+
+Owns: attempt order, retry timing, breaker state, the attempt log of each call. Must not: know about HTTP
+requests, policy or budgets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gengate.errors import ProviderUnavailable, UnknownModel, UpstreamError
+from gengate.providers.base import Chunk, Provider, UpstreamCall
+from gengate.settings import Deployment, ModelAlias, RoutingSettings
+
+
+@dataclass
+class Attempt:
+    """One try at one deployment."""
+
+    deployment: str
+    ok: bool
+    error: str | None = None
+
+
+@dataclass
+class RouteLog:
+    """What routing did for one call; read by telemetry."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    deployment: Deployment | None = None
+
+    @property
+    def fallbacks(self) -> int:
+        """How many distinct deployments failed before the one that answered (or before giving up)."""
+        failed = {a.deployment for a in self.attempts if not a.ok}
+        return len(failed)
+
+
+@dataclass
+class _Breaker:
+    failures: int = 0
+    open_until: float = 0.0
+
+
+def deployment_label(d: Deployment) -> str:
+    """`provider/model`, the name used in logs and metrics."""
+    return f"{d.provider}/{d.model}"
+
+
+class Router:
+    """Chooses deployments for an alias and runs calls with retries and fallbacks."""
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelAlias],
+        providers: Mapping[str, Provider],
+        settings: RoutingSettings,
+        *,
+        default_timeout: Mapping[str, float] | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self._models = dict(models)
+        self._providers = dict(providers)
+        self._settings = settings
+        self._timeouts = dict(default_timeout or {})
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._sleep = sleep
+        self._breakers: dict[str, _Breaker] = {}
+
+    @property
+    def aliases(self) -> Mapping[str, ModelAlias]:
+        """The configured aliases."""
+        return self._models
+
+    def alias(self, name: str) -> ModelAlias:
+        """The alias, or UnknownModel."""
+        spec = self._models.get(name)
+        if spec is None:
+            raise UnknownModel(f"the model {name!r} does not exist", param="model")
+        return spec
+
+    def plan(self, name: str) -> list[Deployment]:
+        """The order in which deployments will be tried, open circuits moved last."""
+        tiers: dict[int, list[Deployment]] = {}
+        for dep in self.alias(name).deployments:
+            tiers.setdefault(dep.priority, []).append(dep)
+        ordered: list[Deployment] = []
+        for priority in sorted(tiers):
+            pool = list(tiers[priority])
+            while pool:
+                pick = self._rng.choices(range(len(pool)), weights=[d.weight for d in pool])[0]
+                ordered.append(pool.pop(pick))
+        now = self._clock()
+        closed = [d for d in ordered if self._breaker(d).open_until <= now]
+        tripped = sorted(
+            (d for d in ordered if self._breaker(d).open_until > now),
+            key=lambda d: self._breaker(d).open_until,
+        )
+        # With every circuit open, the one that re-opens soonest still gets a (half-open) try.
+        return closed if closed else tripped[:1]
+
+    def _breaker(self, dep: Deployment) -> _Breaker:
+        return self._breakers.setdefault(deployment_label(dep), _Breaker())
+
+    def circuit_open(self, dep: Deployment) -> bool:
+        """Whether the deployment is currently skipped."""
+        return self._breaker(dep).open_until > self._clock()
+
+    def _record(self, dep: Deployment, ok: bool) -> None:
+        breaker = self._breaker(dep)
+        if ok:
+            breaker.failures = 0
+            breaker.open_until = 0.0
+            return
+        breaker.failures += 1
+        if breaker.failures >= self._settings.breaker_failures:
+            breaker.open_until = self._clock() + self._settings.breaker_cooldown_seconds
+            breaker.failures = 0
+
+    def _call(self, dep: Deployment, payload: dict[str, Any], request_id: str) -> tuple[Provider, UpstreamCall]:
+        provider = self._providers[dep.provider]
+        timeout = dep.timeout or self._timeouts.get(dep.provider, 60.0)
+        return provider, UpstreamCall({**payload, "model": dep.model}, dep.model, timeout, request_id)
+
+    def _backoff(self, attempt: int) -> float:
+        base = self._settings.backoff_seconds * (2**attempt)
+        return float(min(self._settings.backoff_max_seconds, base) * (0.5 + self._rng.random() / 2))
+
+    async def _attempts(self, name: str, log: RouteLog) -> AsyncIterator[Deployment]:
+        """Yield deployments to try (with retries), sleeping between retries of the same one."""
+        for dep in self.plan(name):
+            retries = dep.max_retries if dep.max_retries is not None else self._settings.max_retries
+            for attempt in range(retries + 1):
+                if attempt:
+                    await self._sleep(self._backoff(attempt - 1))
+                    if self.circuit_open(dep):
+                        break
+                yield dep
+                last = log.attempts[-1] if log.attempts else None
+                if last is None or last.ok or last.error == "fatal":
+                    return
+
+    @staticmethod
+    def _final_error(errors: list[UpstreamError], name: str) -> UpstreamError:
+        if not errors:
+            return ProviderUnavailable(f"no deployment of {name!r} is available", retryable=False)
+        return errors[-1]
+
+    async def run(
+        self, name: str, payload: dict[str, Any], request_id: str, operation: str, log: RouteLog
+    ) -> dict[str, Any]:
+        """A non-streaming call (`complete` or `embed`) with retries and fallbacks."""
+        errors: list[UpstreamError] = []
+        async for dep in self._attempts(name, log):
+            provider, call = self._call(dep, payload, request_id)
+            try:
+                body: dict[str, Any] = await (
+                    provider.complete(call) if operation == "complete" else provider.embed(call)
+                )
+            except UpstreamError as exc:
+                errors.append(exc)
+                self._record(dep, ok=not exc.retryable)
+                log.attempts.append(Attempt(deployment_label(dep), False, None if exc.retryable else "fatal"))
+                continue
+            self._record(dep, ok=True)
+            log.attempts.append(Attempt(deployment_label(dep), True))
+            log.deployment = dep
+            return body
+        raise self._final_error(errors, name)
+
+    async def open_stream(
+        self, name: str, payload: dict[str, Any], request_id: str, log: RouteLog
+    ) -> tuple[Chunk, AsyncIterator[Chunk]]:
+        """Start a stream, falling back until a first chunk arrives; return it and the rest of the stream."""
+        errors: list[UpstreamError] = []
+        async for dep in self._attempts(name, log):
+            provider, call = self._call(dep, payload, request_id)
+            stream = provider.stream(call)
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                exc: UpstreamError = UpstreamError(f"upstream {dep.provider} closed the stream without data")
+            except UpstreamError as err:
+                exc = err
+            else:
+                self._record(dep, ok=True)
+                log.attempts.append(Attempt(deployment_label(dep), True))
+                log.deployment = dep
+                return first, stream
+            await _aclose(stream)
+            errors.append(exc)
+            self._record(dep, ok=not exc.retryable)
+            log.attempts.append(Attempt(deployment_label(dep), False, None if exc.retryable else "fatal"))
+        raise self._final_error(errors, name)
+
+    def report_stream_failure(self, dep: Deployment) -> None:
+        """A stream that broke after its first chunk still counts against the deployment's breaker."""
+        self._record(dep, ok=False)
+
+
+async def _aclose(stream: AsyncIterator[Chunk]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

@@ -1,0 +1,395 @@
+"""The one typed settings object, built once from `gengate.yaml` plus `GENGATE_*` environment variables.
+
+Owns: the configuration schema, embedded defaults, `env:NAME` secret references and error messages that name
+the offending key and its line. Must not: read configuration anywhere else, or log secret values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gengate.errors import ConfigError
+
+_ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _resolve_env(value: object) -> object:
+    """Turn `env:NAME` into the value of environment variable NAME (missing → a clear error)."""
+    if isinstance(value, str):
+        match = _ENV_REF.match(value)
+        if match:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ValueError(f"environment variable {name} is not set")
+            return os.environ[name]
+    return value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_resolve_env)]
+EnvStr = Annotated[str, BeforeValidator(_resolve_env)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Model):
+    """Listening sockets and request limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    # When set, the admin API is served only on this port (and not on `port`).
+    admin_port: int | None = Field(None, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(1000, ge=1)
+    workers: int = Field(1, ge=1)
+
+
+class StorageSettings(_Model):
+    """Where state lives: SQLite in `data_dir` by default, PostgreSQL by URL."""
+
+    data_dir: str = "data"
+    url: EnvStr | None = None
+    log_batch_size: int = Field(200, ge=1)
+    log_flush_seconds: float = Field(0.5, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite", "postgresql", "postgres")):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return v
+
+
+class RedisSettings(_Model):
+    """Shared limits and budget reservations across gateway processes."""
+
+    url: EnvStr | None = None
+    prefix: str = "gengate"
+
+
+class ClaimMapping(_Model):
+    """Where the Principal's fields come from in a JWT's claims (dotted paths)."""
+
+    subject: str = "sub"
+    team: str = "team"
+    groups: str = "groups"
+    roles: str = "roles"
+    default_team: str | None = None
+
+
+class JwtIssuer(_Model):
+    """One trusted token issuer. The algorithm is pinned: tokens with any other `alg` are rejected."""
+
+    issuer: str
+    audience: str | list[str] | None = None
+    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+    secret: Secret | None = None
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    leeway_seconds: float = Field(30, ge=0)
+    jwks_cache_seconds: float = Field(300, gt=0)
+    claims: ClaimMapping = ClaimMapping()
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtIssuer:
+        sources = [s for s in (self.secret, self.jwks_url, self.jwks_file) if s]
+        if len(sources) != 1:
+            raise ValueError("exactly one of secret, jwks_url, jwks_file is required")
+        if self.algorithm.startswith("HS") != (self.secret is not None):
+            raise ValueError(f"{self.algorithm} needs {'a secret' if self.algorithm.startswith('HS') else 'a JWKS'}")
+        return self
+
+
+class AuthSettings(_Model):
+    """Who may call: virtual keys (always), JWT issuers, admin credentials."""
+
+    admin_keys: list[Secret] = []
+    admin_roles: list[str] = ["admin"]
+    jwt_issuers: list[JwtIssuer] = []
+    key_cache_seconds: float = Field(5.0, ge=0)
+
+
+class ProviderSettings(_Model):
+    """An upstream: an OpenAI-compatible server (OpenAI, Azure, Ollama, vLLM, llama.cpp) or a built-in one."""
+
+    type: Literal["openai", "azure", "offline", "local"] = "openai"
+    base_url: str | None = None
+    api_key: Secret | None = None
+    api_version: str | None = None  # Azure
+    headers: dict[str, EnvStr] = {}
+    timeout: float = Field(60.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+    # `local`: the model server is started by gengate (llama-cpp-python); these tune it.
+    model_path: str | None = None
+    context_size: int = Field(2048, ge=128)
+    threads: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> ProviderSettings:
+        if self.type in ("openai", "azure") and not self.base_url:
+            raise ValueError(f"base_url is required for type {self.type}")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must be an http(s) URL")
+        return self
+
+
+class Deployment(_Model):
+    """One place an alias can be served: a provider and the model name it knows."""
+
+    provider: str
+    model: str
+    weight: float = Field(1.0, gt=0)
+    priority: int = 0
+    timeout: float | None = Field(None, gt=0)
+    max_retries: int | None = Field(None, ge=0)
+
+
+class ModelAlias(_Model):
+    """A name clients use; routed to ordered deployments (lowest priority first, weights within a tier)."""
+
+    deployments: list[Deployment] = Field(min_length=1)
+    kind: Literal["chat", "embedding"] = "chat"
+
+
+class RoutingSettings(_Model):
+    """Retries, backoff and the circuit breaker, for every deployment unless it overrides them."""
+
+    max_retries: int = Field(1, ge=0)
+    backoff_seconds: float = Field(0.2, ge=0)
+    backoff_max_seconds: float = Field(2.0, ge=0)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_seconds: float = Field(30.0, gt=0)
+
+
+class Price(_Model):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0)
+
+
+class Budget(_Model):
+    """A spending cap for a period."""
+
+    usd: float = Field(ge=0)
+    period: Literal["day", "month", "total"] = "month"
+
+
+class Limits(_Model):
+    """What a team or key may do. Unset fields mean no limit of that kind at that level."""
+
+    models: list[str] | None = None
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    budget: Budget | None = None
+
+
+class PolicySettings(_Model):
+    """Policy defaults applying to every team, and per-team overrides."""
+
+    default: Limits = Limits()
+    teams: dict[str, Limits] = {}
+    # When a budget applies and the request sets no max_tokens, gengate sets this cap so the reservation is
+    # a true upper bound and concurrent requests cannot overspend.
+    default_max_output_tokens: int = Field(1024, ge=1)
+
+
+class OtelSettings(_Model):
+    """OpenTelemetry export (GenAI semantic conventions); needs the `otel` extra."""
+
+    endpoint: str | None = None
+    service_name: str = "gengate"
+
+
+class TelemetrySettings(_Model):
+    """Logs, metrics, traces."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+    metrics: bool = True
+    otel: OtelSettings = OtelSettings()
+
+
+class Settings(_Model):
+    """Everything gengate is configured with. Built once; passed down; never re-read."""
+
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    redis: RedisSettings = RedisSettings()
+    auth: AuthSettings = AuthSettings()
+    providers: dict[str, ProviderSettings] = {}
+    models: dict[str, ModelAlias] = {}
+    routing: RoutingSettings = RoutingSettings()
+    pricing: dict[str, Price] = {}
+    policy: PolicySettings = PolicySettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Settings:
+        for alias, spec in self.models.items():
+            for i, dep in enumerate(spec.deployments):
+                if dep.provider not in self.providers:
+                    raise ValueError(f"models.{alias}.deployments.{i}.provider: unknown provider {dep.provider!r}")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL of the store (SQLite in data_dir unless a URL is set)."""
+        url = self.storage.url
+        if url is None:
+            return f"sqlite+aiosqlite:///{Path(self.storage.data_dir) / 'gengate.db'}"
+        if url.startswith("sqlite://") and "+aiosqlite" not in url:
+            return url.replace("sqlite://", "sqlite+aiosqlite://", 1)
+        if url.startswith(("postgresql://", "postgres://")):
+            return "postgresql+asyncpg://" + url.split("://", 1)[1]
+        return url
+
+
+def embedded_defaults() -> dict[str, Any]:
+    """The configuration used with no file at all: offline providers only, no network needed."""
+    return {
+        "providers": {"offline": {"type": "offline"}, "local": {"type": "local"}},
+        "models": {
+            "offline": {"deployments": [{"provider": "offline", "model": "offline"}]},
+            "offline-embed": {
+                "kind": "embedding",
+                "deployments": [{"provider": "offline", "model": "hash-256"}],
+            },
+            "local": {"deployments": [{"provider": "local", "model": "SmolLM2-135M-Instruct"}]},
+        },
+        "pricing": {
+            "offline": {"input": 0, "output": 0},
+            "hash-256": {"input": 0, "output": 0},
+            "SmolLM2-135M-Instruct": {"input": 0, "output": 0},
+            "local": {"input": 0, "output": 0},
+            "offline-embed": {"input": 0, "output": 0},
+        },
+    }
+
+
+@dataclass(frozen=True)
+class _Located:
+    """Line numbers of every key path in a YAML document."""
+
+    lines: dict[tuple[str, ...], int]
+
+    def line_of(self, loc: tuple[str | int, ...]) -> int | None:
+        path = tuple(str(p) for p in loc)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+
+def _index_lines(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = (*path, str(key.value))
+            out[sub] = key.start_mark.line + 1
+            _index_lines(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            sub = (*path, str(i))
+            out[sub] = item.start_mark.line + 1
+            _index_lines(item, sub, out)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`GENGATE_SERVER__PORT=9000` → {"server": {"port": "9000"}} (section and key split on `__`)."""
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith("GENGATE_") or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len("GENGATE_") :].split("__")]
+        cursor = out
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_errors(err: ValidationError, where: str, located: _Located | None) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = located.line_of(loc) if located else None
+        at = f"{where}:{line}" if line else where
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{at}: {key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the Settings from a YAML file (or embedded defaults when there is none) and the environment.
+
+    With no file, the embedded defaults (offline providers) apply. A file replaces the providers, models and
+    pricing sections wholesale when it has them, so what it says is what runs.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get("GENGATE_CONFIG"):
+        path = environ["GENGATE_CONFIG"]
+    data: dict[str, Any] = embedded_defaults()
+    located: _Located | None = None
+    where = "embedded defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        try:
+            node = yaml.compose(text)
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}:1: the top level must be a mapping of sections")
+        lines: dict[tuple[str, ...], int] = {}
+        if node is not None:
+            _index_lines(node, (), lines)
+        located = _Located(lines)
+        for section in ("providers", "models", "pricing"):
+            if section in loaded:
+                data.pop(section, None)
+        data = _merge(data, loaded)
+    data = _merge(data, _env_overrides(environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, where, located)) from None

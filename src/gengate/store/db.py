@@ -1,0 +1,224 @@
+"""The Store: every query gengate makes, over SQLAlchemy Core (async), parameterised only.
+
+Owns: the engine, migrations at open, and repository methods for keys, request logs and spend. Must not:
+know about HTTP, policy decisions or key formats.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from gengate.errors import ConfigError
+from gengate.store.schema import MIGRATIONS, api_keys, metadata, requests, schema_version
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A stored virtual key (never the key itself: its hash and visible prefix)."""
+
+    id: str
+    hash: str
+    name: str
+    team: str
+    user: str | None
+    models: tuple[str, ...] | None
+    rpm: int | None
+    tpm: int | None
+    budget_usd: float | None
+    budget_period: str | None
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+    def active(self, now: float) -> bool:
+        """Not revoked and not expired."""
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+def _key_from_row(row: sa.Row[Any]) -> KeyRecord:
+    m = row._mapping
+    return KeyRecord(
+        id=m["id"],
+        hash=m["hash"],
+        name=m["name"],
+        team=m["team"],
+        user=m["user"],
+        models=tuple(json.loads(m["models"])) if m["models"] else None,
+        rpm=m["rpm"],
+        tpm=m["tpm"],
+        budget_usd=m["budget_usd"],
+        budget_period=m["budget_period"],
+        created_at=m["created_at"],
+        expires_at=m["expires_at"],
+        revoked_at=m["revoked_at"],
+    )
+
+
+class Store:
+    """Async repository over one engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self.engine.dialect.name
+
+    async def migrate(self) -> int:
+        """Apply pending migrations; return the schema version now in force."""
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Several gateway processes may start at once: one migrates, the others wait.
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
+            await conn.run_sync(lambda c: metadata.create_all(c, tables=[schema_version]))
+            current = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar() or 0
+            for version, step in MIGRATIONS:
+                if version > current:
+                    await conn.run_sync(step)
+                    await conn.execute(schema_version.insert().values(version=version, applied_at=time.time()))
+                    current = version
+            return int(current)
+
+    async def close(self) -> None:
+        """Dispose of the engine's connections."""
+        await self.engine.dispose()
+
+    # -- keys ---------------------------------------------------------------------------------------------
+
+    async def insert_key(self, record: KeyRecord) -> None:
+        """Store a new key record."""
+        values = {
+            "id": record.id,
+            "hash": record.hash,
+            "name": record.name,
+            "team": record.team,
+            "user": record.user,
+            "models": json.dumps(list(record.models)) if record.models is not None else None,
+            "rpm": record.rpm,
+            "tpm": record.tpm,
+            "budget_usd": record.budget_usd,
+            "budget_period": record.budget_period,
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+            "revoked_at": record.revoked_at,
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(api_keys.insert().values(**values))
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        """The key record with this prefix, if any."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).first()
+        return _key_from_row(row) if row is not None else None
+
+    async def list_keys(self, team: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
+        """Keys, newest first, optionally for one team."""
+        query = sa.select(api_keys).order_by(api_keys.c.created_at.desc())
+        if team is not None:
+            query = query.where(api_keys.c.team == team)
+        if not include_revoked:
+            query = query.where(api_keys.c.revoked_at.is_(None))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_key_from_row(r) for r in rows]
+
+    async def revoke_key(self, key_id: str, now: float | None = None) -> bool:
+        """Mark a key revoked; False when there was no such active key."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now if now is not None else time.time())
+            )
+        return bool(result.rowcount)
+
+    # -- request log --------------------------------------------------------------------------------------
+
+    async def write_requests(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert a batch of trace records in one transaction."""
+        if rows:
+            async with self.engine.begin() as conn:
+                await conn.execute(requests.insert(), list(rows))
+
+    async def recent_requests(
+        self, *, limit: int = 50, team: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest trace records first."""
+        query = sa.select(requests).order_by(requests.c.ts.desc()).limit(limit)
+        if team is not None:
+            query = query.where(requests.c.team == team)
+        if since is not None:
+            query = query.where(requests.c.ts >= since)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [dict(r._mapping) for r in rows]
+
+    async def get_request(self, request_id: str) -> dict[str, Any] | None:
+        """One trace record by request id."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(requests).where(requests.c.id == request_id))).first()
+        return dict(row._mapping) if row is not None else None
+
+    async def spend_since(self, *, since: float, team: str | None = None, key_id: str | None = None) -> float:
+        """USD spent since a time by a team or a key (from the durable request log)."""
+        query = sa.select(sa.func.coalesce(sa.func.sum(requests.c.cost_usd), 0.0)).where(requests.c.ts >= since)
+        if team is not None:
+            query = query.where(requests.c.team == team)
+        if key_id is not None:
+            query = query.where(requests.c.key_id == key_id)
+        async with self.engine.connect() as conn:
+            return float((await conn.execute(query)).scalar() or 0.0)
+
+    async def spend_by(self, column: str, *, since: float) -> list[tuple[str, float, int]]:
+        """(group, USD, requests) since a time, grouped by `team`, `key_id` or `model`."""
+        col = {"team": requests.c.team, "key_id": requests.c.key_id, "model": requests.c.model}[column]
+        query = (
+            sa.select(col, sa.func.coalesce(sa.func.sum(requests.c.cost_usd), 0.0), sa.func.count())
+            .where(requests.c.ts >= since)
+            .group_by(col)
+            .order_by(col)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(str(r[0]), float(r[1]), int(r[2])) for r in rows]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+async def open_store(url: str) -> Store:
+    """Open (and migrate) the store at a SQLAlchemy async URL."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    elif url.startswith("postgresql+asyncpg"):
+        try:
+            import asyncpg  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "storage.url is PostgreSQL but asyncpg is not installed: pip install 'gengate[postgres]'"
+            ) from None
+        engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    else:
+        raise ConfigError(f"storage.url: unsupported database URL scheme in {url.split('://')[0]!r}")
+    store = Store(engine)
+    await store.migrate()
+    return store

@@ -1,0 +1,74 @@
+"""Tables and migrations. The same schema runs on SQLite and PostgreSQL.
+
+Owns: table definitions and the ordered migration list. Must not: hold connections or run queries itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+metadata = sa.MetaData()
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the visible prefix, e.g. "a1b2c3d4"
+    sa.Column("hash", sa.String(128), nullable=False),  # sha256 of the whole key; the key itself is never stored
+    sa.Column("name", sa.String(200), nullable=False, default=""),
+    sa.Column("team", sa.String(200), nullable=False),
+    sa.Column("user", sa.String(200), nullable=True),
+    sa.Column("models", sa.Text, nullable=True),  # JSON list, or NULL for "whatever the team may use"
+    sa.Column("rpm", sa.Integer, nullable=True),
+    sa.Column("tpm", sa.Integer, nullable=True),
+    sa.Column("budget_usd", sa.Float, nullable=True),
+    sa.Column("budget_period", sa.String(16), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("subject", sa.String(200), nullable=True),
+    sa.Column("team", sa.String(200), nullable=True),
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(200), nullable=True),
+    sa.Column("deployment", sa.String(300), nullable=True),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("stream", sa.Boolean, nullable=False, default=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cached_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("latency_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("ttft_ms", sa.Float, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("fallbacks", sa.Integer, nullable=False, default=0),
+    sa.Column("client_disconnected", sa.Boolean, nullable=False, default=False),
+)
+sa.Index("ix_requests_ts", requests.c.ts)
+sa.Index("ix_requests_team_ts", requests.c.team, requests.c.ts)
+sa.Index("ix_requests_key_ts", requests.c.key_id, requests.c.ts)
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[api_keys, requests])
+
+
+# Append-only: never edit a migration that has shipped; add the next one.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]

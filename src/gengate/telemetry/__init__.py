@@ -1,0 +1,1 @@
+"""Observability: trace records (batched to the store), Prometheus metrics, JSON logs, OpenTelemetry."""

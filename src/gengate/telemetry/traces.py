@@ -1,0 +1,113 @@
+"""Trace records: one per request, written to the store in batches off the request path.
+
+Owns: the record's shape and the batching writer (flushed on an interval, on size, and at shutdown). Must not:
+block a request on the database; a failing database is retried and, if the queue overflows, counted as
+dropped in metrics — never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gengate.store.db import Store
+from gengate.telemetry.metrics import Metrics
+
+log = logging.getLogger("gengate.traces")
+
+
+@dataclass(slots=True)
+class TraceRecord:
+    """What is kept about one request (never payloads or credentials)."""
+
+    id: str
+    ts: float
+    endpoint: str
+    status: int
+    subject: str | None = None
+    team: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    deployment: str | None = None
+    error_code: str | None = None
+    stream: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    attempts: int = 0
+    fallbacks: int = 0
+    client_disconnected: bool = False
+
+
+class TraceWriter:
+    """Queues records and writes them in batches from one background task."""
+
+    def __init__(
+        self, store: Store, metrics: Metrics, *, batch_size: int = 200, flush_seconds: float = 0.5,
+        max_queue: int = 100_000,
+    ) -> None:  # fmt: skip
+        self._store = store
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._flush_seconds = flush_seconds
+        self._max_queue = max_queue
+        self._pending: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Start the background writer."""
+        self._task = asyncio.create_task(self._run(), name="gengate-trace-writer")
+
+    def submit(self, record: TraceRecord) -> None:
+        """Queue a record (never blocks)."""
+        if len(self._pending) >= self._max_queue:
+            self._metrics.log_dropped.inc()
+            return
+        self._pending.append(asdict(record))
+        if len(self._pending) >= self._batch_size:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write everything queued so far."""
+        while self._pending:
+            batch, self._pending = (
+                self._pending[: self._batch_size * 10],
+                self._pending[self._batch_size * 10 :],
+            )
+            try:
+                await self._store.write_requests(batch)
+            except Exception:
+                # Put the batch back and let the next round retry; the database may be restarting.
+                log.exception("writing %d trace records failed; will retry", len(batch))
+                self._pending[:0] = batch
+                raise
+
+    async def _run(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                await asyncio.sleep(min(5.0, self._flush_seconds * 4))
+
+    async def close(self) -> None:
+        """Stop the writer and flush what is left."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        try:
+            await self.flush()
+        except Exception:
+            self._metrics.log_dropped.inc(len(self._pending))
+            log.error("%d trace records could not be written at shutdown", len(self._pending))
