@@ -4,6 +4,7 @@
     ├── ConfigError                   invalid gengate.yaml / environment (names the key and line)
     ├── RequestError (400)            malformed JSON, wrong types, too many messages …
     │   ├── PayloadTooLarge (413)
+    │   ├── NotFound (404)            no such route, key or request record
     │   └── UnknownModel (404)        model alias that does not exist or that the caller may not see
     ├── AuthenticationError (401)     missing, invalid, expired or revoked credentials
     ├── PermissionDenied (403)        authenticated, but not allowed (model, admin plane)
@@ -60,6 +61,13 @@ class PayloadTooLarge(RequestError):
 
     status = 413
     code = "payload_too_large"
+
+
+class NotFound(RequestError):
+    """No such route or resource."""
+
+    status = 404
+    code = "not_found"
 
 
 class UnknownModel(RequestError):

@@ -16,7 +16,7 @@ from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway
 from gengate.app.requests import parse_object
 from gengate.auth.keys import KeySpec, create_key
-from gengate.errors import GengateError, PermissionDenied, RequestError
+from gengate.errors import GengateError, NotFound, PermissionDenied, RequestError
 from gengate.policy.engine import period_start
 from gengate.store.db import KeyRecord
 
@@ -98,7 +98,7 @@ async def _list_keys(request: Request, gateway: Gateway) -> Response:
 async def _revoke_key(request: Request, gateway: Gateway) -> Response:
     key_id = request.path_params["key_id"]
     if not await gateway.store.revoke_key(key_id):
-        return error_response(RequestError(f"no active key {key_id!r}", code="key_not_found"))
+        return error_response(NotFound(f"no active key {key_id!r}"))
     gateway.keys.forget(key_id)
     return json_response({"id": key_id, "revoked": True})
 
@@ -121,7 +121,7 @@ async def _requests(request: Request, gateway: Gateway) -> Response:
 async def _request(request: Request, gateway: Gateway) -> Response:
     row = await gateway.store.get_request(request.path_params["request_id"])
     if row is None:
-        return error_response(RequestError("no such request", code="not_found"))
+        return error_response(NotFound("no such request"))
     return json_response(row)
 
 

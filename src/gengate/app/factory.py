@@ -19,7 +19,7 @@ from gengate.app import admin_routes, openai_routes
 from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway, open_gateway
 from gengate.app.middleware import RequestContext
-from gengate.errors import GengateError, RequestError
+from gengate.errors import GengateError, NotFound, RequestError
 from gengate.settings import Settings
 
 
@@ -28,7 +28,7 @@ async def _health(request: Request) -> Response:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return error_response(RequestError(f"no route for {request.method} {request.url.path}", code="not_found"))
+    return error_response(NotFound(f"no route for {request.method} {request.url.path}"))
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
@@ -58,7 +58,12 @@ def _starlette(settings: Settings, routes: list[Route], lifespan: object) -> Sta
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestContext, max_body_bytes=settings.server.max_body_bytes)],
-        exception_handlers={404: _not_found, 405: _method_not_allowed, GengateError: _gengate_error},
+        exception_handlers={
+            404: _not_found,
+            405: _method_not_allowed,
+            GengateError: _gengate_error,
+            Exception: _gengate_error,
+        },
         lifespan=lifespan,  # type: ignore[arg-type]
     )
 

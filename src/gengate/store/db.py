@@ -63,6 +63,11 @@ def _key_from_row(row: sa.Row[Any]) -> KeyRecord:
     )
 
 
+def _plain(row: sa.Row[Any]) -> dict[str, Any]:
+    """A row as a dict with plain `str` keys (SQLAlchemy's keys are a str subclass JSON encoders refuse)."""
+    return {str(k): v for k, v in row._mapping.items()}
+
+
 class Store:
     """Async repository over one engine (SQLite or PostgreSQL)."""
 
@@ -161,13 +166,13 @@ class Store:
             query = query.where(requests.c.ts >= since)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [dict(r._mapping) for r in rows]
+        return [_plain(r) for r in rows]
 
     async def get_request(self, request_id: str) -> dict[str, Any] | None:
         """One trace record by request id."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(requests).where(requests.c.id == request_id))).first()
-        return dict(row._mapping) if row is not None else None
+        return _plain(row) if row is not None else None
 
     async def spend_since(self, *, since: float, team: str | None = None, key_id: str | None = None) -> float:
         """USD spent since a time by a team or a key (from the durable request log)."""
