@@ -103,13 +103,12 @@ def test_client_disconnect_mid_stream_releases_reservation(make_gateway, sdk, up
         "fake-model",
         Step(content="a b c d e f g h", chunk_delay=0.3, usage={"prompt_tokens": 1, "completion_tokens": 1}),
     )
-    with httpx.Client(timeout=10) as http:
-        with http.stream(
-            "POST", f"{gw.base_url}/chat/completions", headers={"authorization": f"Bearer {key}"},
-            json={"model": "gpt-test", "messages": MSG, "stream": True, "max_tokens": 300},
-        ) as resp:  # fmt: skip
-            assert resp.status_code == 200
-            next(resp.iter_lines())
+    with httpx.Client(timeout=10) as http, http.stream(
+        "POST", f"{gw.base_url}/chat/completions", headers={"authorization": f"Bearer {key}"},
+        json={"model": "gpt-test", "messages": MSG, "stream": True, "max_tokens": 300},
+    ) as resp:  # fmt: skip
+        assert resp.status_code == 200
+        next(resp.iter_lines())
         # leaving the block closes the connection mid-stream
     time.sleep(0.8)
     upstream.default = Step(usage={"prompt_tokens": 1, "completion_tokens": 1})
