@@ -174,7 +174,8 @@ def sdk() -> Iterator[Callable[[RunningGateway, str], openai.OpenAI]]:
     clients: list[openai.OpenAI] = []
 
     def build(gw: RunningGateway, key: str, **options: Any) -> openai.OpenAI:
-        client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=20, **options)
+        options = {"max_retries": 0, "timeout": 20, **options}
+        client = openai.OpenAI(base_url=gw.base_url, api_key=key, **options)
         clients.append(client)
         return client
 

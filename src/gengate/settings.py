@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,15 +31,16 @@ from gengate.errors import ConfigError
 _ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 
 
-def _resolve_env(value: object) -> object:
+def _resolve_env(value: object, info: ValidationInfo) -> object:
     """Turn `env:NAME` into the value of environment variable NAME (missing → a clear error)."""
     if isinstance(value, str):
         match = _ENV_REF.match(value)
         if match:
             name = match.group(1)
-            if name not in os.environ:
+            environ = (info.context or {}).get("environ", os.environ)
+            if name not in environ:
                 raise ValueError(f"environment variable {name} is not set")
-            return os.environ[name]
+            return environ[name]
     return value
 
 
@@ -390,6 +392,6 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         data = _merge(data, loaded)
     data = _merge(data, _env_overrides(environ))
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(data, context={"environ": environ})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, where, located)) from None

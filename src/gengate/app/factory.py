@@ -6,6 +6,7 @@ The public app serves the OpenAI API (and the admin plane under `/admin` unless 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -76,21 +77,24 @@ class GatewayHolder:
         self.gateway = gateway
         self._users = 0
         self._owned = gateway is None
+        self._lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """Starlette lifespan: open on first start, close on last stop."""
-        if self.gateway is None:
-            self.gateway = await open_gateway(self.settings)
-        self._users += 1
-        app.state.gateway = self.gateway
+        async with self._lock:
+            if self.gateway is None:
+                self.gateway = await open_gateway(self.settings)
+            self._users += 1
+            app.state.gateway = gateway = self.gateway
         try:
             yield
         finally:
-            self._users -= 1
-            if self._users == 0 and self._owned:
-                await self.gateway.close()
-                self.gateway = None
+            async with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._owned:
+                    await gateway.close()
+                    self.gateway = None
 
 
 def create_app(settings: Settings, *, holder: GatewayHolder | None = None) -> Starlette:

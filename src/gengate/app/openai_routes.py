@@ -161,6 +161,18 @@ def _estimated_usage(payload: dict[str, Any], result: dict[str, Any]) -> Usage:
     return Usage(prompt_tokens=_estimate_prompt(payload), completion_tokens=count_tokens(text))
 
 
+def _envelope(chunk: Chunk) -> Chunk:
+    return {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
+
+
+def _usage_body(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
 def _sse(chunk: Chunk) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
@@ -179,6 +191,7 @@ async def _relay(
     finished = False
     try:
         chunk: Chunk | None = first
+        last: Chunk = first
         while chunk is not None:
             found = usage_of(chunk)
             if found is not None:
@@ -194,7 +207,13 @@ async def _relay(
                 yield _sse(chunk)
             elif chunk.get("choices"):
                 yield _sse({k: v for k, v in chunk.items() if k != "usage"})
+            last = chunk
             chunk = await anext(rest, None)
+        if usage is None:
+            # Some servers ignore include_usage: account (and, if asked, report) gengate's own count.
+            usage = Usage(prompt_tokens=_estimate_prompt(payload), completion_tokens=count_tokens("".join(pieces)))
+            if want_usage:
+                yield _sse({**_envelope(last), "choices": [], "usage": _usage_body(usage)})
         yield b"data: [DONE]\n\n"
         finished = True
     except UpstreamError as exc:

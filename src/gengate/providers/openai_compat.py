@@ -19,6 +19,7 @@ from gengate.providers.base import Chunk, UpstreamCall
 from gengate.settings import ProviderSettings
 
 _RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+_CREDENTIALS_REFUSED = {401, 403}
 _MAX_ERROR_BODY = 4096
 
 
@@ -62,8 +63,12 @@ class OpenAICompatProvider:
         return aiohttp.ClientTimeout(total=call.timeout, sock_connect=self._settings.connect_timeout)
 
     async def _raise_for(self, resp: aiohttp.ClientResponse) -> None:
-        raw = await resp.content.read(_MAX_ERROR_BODY)
         message = f"upstream {self.name} answered HTTP {resp.status}"
+        if resp.status in _CREDENTIALS_REFUSED:
+            # gengate's own upstream key or deployment is wrong, not the client's: a 502 the routing moves past
+            # without retrying. The upstream's text is dropped, as it may quote part of the key.
+            raise UpstreamError(f"{message}: gengate's credentials for it were refused", retryable=False)
+        raw = await resp.content.read(_MAX_ERROR_BODY)
         body: dict[str, Any] | None = None
         try:
             parsed = orjson.loads(raw)
@@ -75,6 +80,9 @@ class OpenAICompatProvider:
                     message = f"{message}: {detail[:500]}"
         except orjson.JSONDecodeError:
             pass
+        if resp.status == 429:
+            # Retried and failed over like a 5xx; if every deployment keeps refusing, the client gets the 429.
+            raise UpstreamRejected(message, status=429, body=body)
         if resp.status in _RETRYABLE or resp.status >= 500:
             raise UpstreamError(message, retryable=True)
         raise UpstreamRejected(message, status=resp.status, body=body)

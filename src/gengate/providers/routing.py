@@ -2,9 +2,13 @@
 
 Deployments are tried by `priority` (lowest first); within one priority tier the order is a weighted random
 shuffle, so weights spread load. Each deployment gets `max_retries` retries with exponential backoff on
-retryable faults (429, 5xx, timeouts, garbage), then the next deployment is tried. A deployment that fails
-`breaker_failures` times in a row is skipped for `breaker_cooldown_seconds`, then half-open: one call decides.
-Streams fall back too, but only before the first chunk has been received (nothing has reached the client).
+retryable faults (429, 5xx, timeouts, garbage), then the next deployment is tried. A fault that retrying cannot
+cure (the deployment refuses gengate's credentials, the provider is not installed) moves on to the next
+deployment at once; an upstream refusing the request itself (4xx) ends the call: another deployment would too.
+A deployment that fails `breaker_failures` times in a row is skipped for `breaker_cooldown_seconds`, then
+half-open: one call (and only one) is let through, and it decides. With every circuit open the call fails with
+`ProviderUnavailable` without touching an upstream. Streams fall back too, but only before the first chunk has
+been received (nothing has reached the client).
 
 Owns: attempt order, retry timing, breaker state, the attempt log of each call. Must not: know about HTTP
 requests, policy or budgets.
@@ -19,9 +23,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gengate.errors import ProviderUnavailable, UnknownModel, UpstreamError
+from gengate.errors import ProviderUnavailable, UnknownModel, UpstreamError, UpstreamRejected
 from gengate.providers.base import Chunk, Provider, UpstreamCall
 from gengate.settings import Deployment, ModelAlias, RoutingSettings
+
+# `Attempt.error` markers that steer what is tried next (None: retry this deployment after a backoff).
+_FATAL = "fatal"  # the upstream refused the request itself: stop, another deployment would refuse it too
+_SKIP = "skip"  # retrying this deployment cannot help: go straight to the next one
 
 
 @dataclass
@@ -44,6 +52,9 @@ class RouteLog:
     def fallbacks(self) -> int:
         """How many distinct deployments failed before the one that answered (or before giving up)."""
         failed = {a.deployment for a in self.attempts if not a.ok}
+        if self.deployment is not None:
+            # Retries that the answering deployment needed are not fallbacks.
+            failed.discard(deployment_label(self.deployment))
         return len(failed)
 
 
@@ -51,6 +62,8 @@ class RouteLog:
 class _Breaker:
     failures: int = 0
     open_until: float = 0.0
+    # Opened since the last success: once the cooldown is over, the next call is the half-open probe.
+    tripped: bool = False
 
 
 def deployment_label(d: Deployment) -> str:
@@ -94,7 +107,7 @@ class Router:
         return spec
 
     def plan(self, name: str) -> list[Deployment]:
-        """The order in which deployments will be tried, open circuits moved last."""
+        """The order in which deployments will be tried; deployments with an open circuit are left out."""
         tiers: dict[int, list[Deployment]] = {}
         for dep in self.alias(name).deployments:
             tiers.setdefault(dep.priority, []).append(dep)
@@ -104,14 +117,7 @@ class Router:
             while pool:
                 pick = self._rng.choices(range(len(pool)), weights=[d.weight for d in pool])[0]
                 ordered.append(pool.pop(pick))
-        now = self._clock()
-        closed = [d for d in ordered if self._breaker(d).open_until <= now]
-        tripped = sorted(
-            (d for d in ordered if self._breaker(d).open_until > now),
-            key=lambda d: self._breaker(d).open_until,
-        )
-        # With every circuit open, the one that re-opens soonest still gets a (half-open) try.
-        return closed if closed else tripped[:1]
+        return [d for d in ordered if not self.circuit_open(d)]
 
     def _breaker(self, dep: Deployment) -> _Breaker:
         return self._breakers.setdefault(deployment_label(dep), _Breaker())
@@ -120,16 +126,31 @@ class Router:
         """Whether the deployment is currently skipped."""
         return self._breaker(dep).open_until > self._clock()
 
+    def _admit(self, dep: Deployment) -> bool:
+        """Whether a call may go to the deployment now; a half-open one admits a single probe."""
+        breaker = self._breaker(dep)
+        now = self._clock()
+        if breaker.open_until > now:
+            return False
+        if breaker.tripped:
+            # This call is the probe; others skip the deployment until it succeeds (closing the circuit)
+            # or fails (re-opening it). A probe that never finishes frees the slot after one more cooldown.
+            breaker.open_until = now + self._settings.breaker_cooldown_seconds
+        return True
+
     def _record(self, dep: Deployment, ok: bool) -> None:
         breaker = self._breaker(dep)
         if ok:
             breaker.failures = 0
             breaker.open_until = 0.0
+            breaker.tripped = False
             return
         breaker.failures += 1
-        if breaker.failures >= self._settings.breaker_failures:
+        # A failed half-open probe re-opens the circuit at once.
+        if breaker.tripped or breaker.failures >= self._settings.breaker_failures:
             breaker.open_until = self._clock() + self._settings.breaker_cooldown_seconds
             breaker.failures = 0
+            breaker.tripped = True
 
     def _call(self, dep: Deployment, payload: dict[str, Any], request_id: str) -> tuple[Provider, UpstreamCall]:
         provider = self._providers[dep.provider]
@@ -147,12 +168,15 @@ class Router:
             for attempt in range(retries + 1):
                 if attempt:
                     await self._sleep(self._backoff(attempt - 1))
-                    if self.circuit_open(dep):
-                        break
+                # Checked before every try: the circuit may have opened (or a probe started) since `plan`.
+                if not self._admit(dep):
+                    break
                 yield dep
                 last = log.attempts[-1] if log.attempts else None
-                if last is None or last.ok or last.error == "fatal":
+                if last is None or last.ok or last.error == _FATAL:
                     return
+                if last.error == _SKIP:
+                    break
 
     @staticmethod
     def _final_error(errors: list[UpstreamError], name: str) -> UpstreamError:
@@ -173,8 +197,8 @@ class Router:
                 )
             except UpstreamError as exc:
                 errors.append(exc)
-                self._record(dep, ok=not exc.retryable)
-                log.attempts.append(Attempt(deployment_label(dep), False, None if exc.retryable else "fatal"))
+                self._record(dep, ok=_healthy_despite(exc))
+                log.attempts.append(_failed_attempt(dep, exc))
                 continue
             self._record(dep, ok=True)
             log.attempts.append(Attempt(deployment_label(dep), True))
@@ -203,13 +227,27 @@ class Router:
                 return first, stream
             await _aclose(stream)
             errors.append(exc)
-            self._record(dep, ok=not exc.retryable)
-            log.attempts.append(Attempt(deployment_label(dep), False, None if exc.retryable else "fatal"))
+            self._record(dep, ok=_healthy_despite(exc))
+            log.attempts.append(_failed_attempt(dep, exc))
         raise self._final_error(errors, name)
 
     def report_stream_failure(self, dep: Deployment) -> None:
         """A stream that broke after its first chunk still counts against the deployment's breaker."""
         self._record(dep, ok=False)
+
+
+def _failed_attempt(dep: Deployment, exc: UpstreamError) -> Attempt:
+    """The log entry of a failure, marked with what should be tried next."""
+    if isinstance(exc, UpstreamRejected) and not exc.retryable:
+        marker: str | None = _FATAL
+    else:
+        marker = None if exc.retryable else _SKIP
+    return Attempt(deployment_label(dep), False, marker)
+
+
+def _healthy_despite(exc: UpstreamError) -> bool:
+    """A deployment that refused a bad request is working; anything else counts against its breaker."""
+    return isinstance(exc, UpstreamRejected) and not exc.retryable
 
 
 async def _aclose(stream: AsyncIterator[Chunk]) -> None:

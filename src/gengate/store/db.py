@@ -82,9 +82,14 @@ class Store:
     async def migrate(self) -> int:
         """Apply pending migrations; return the schema version now in force."""
         async with self.engine.begin() as conn:
+            # Several gateway processes (or workers) may start at once: one migrates, the others wait, then
+            # find the schema current. PostgreSQL: a transaction-scoped advisory lock. SQLite: take the write
+            # lock up front (the driver would otherwise run the DDL outside any transaction, and two openers
+            # would both see no tables and both try to create them).
             if self.dialect == "postgresql":
-                # Several gateway processes may start at once: one migrates, the others wait.
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
+            elif self.dialect == "sqlite":
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
             await conn.run_sync(lambda c: metadata.create_all(c, tables=[schema_version]))
             current = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar() or 0
             for version, step in MIGRATIONS:
@@ -200,9 +205,10 @@ class Store:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
+    # busy_timeout first: switching a new database to WAL takes a lock another opener may hold.
+    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
 
 
@@ -225,5 +231,10 @@ async def open_store(url: str) -> Store:
     else:
         raise ConfigError(f"storage.url: unsupported database URL scheme in {url.split('://')[0]!r}")
     store = Store(engine)
-    await store.migrate()
+    try:
+        await store.migrate()
+    except BaseException:
+        # Do not leak the pool's connections when the database is unreachable or a migration fails.
+        await store.close()
+        raise
     return store

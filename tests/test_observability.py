@@ -1,0 +1,85 @@
+"""Every request is traced (id, principal, tokens, cost, latency), counted in Prometheus, and logged without secrets."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+
+from conftest import ADMIN_KEY
+from fake_upstream import FakeUpstream, Step
+from gengate.telemetry.logs import JsonFormatter
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def test_request_id_is_echoed_and_trace_recorded(gateway, upstream: FakeUpstream) -> None:
+    key = gateway.create_key("team-a")
+    upstream.queue("fake-model", Step(usage={"prompt_tokens": 1000, "completion_tokens": 500}))
+    resp = httpx.post(
+        f"{gateway.base_url}/chat/completions", json={"model": "gpt-test", "messages": MSG},
+        headers={"authorization": f"Bearer {key}", "x-request-id": "client-req-42"},
+    )  # fmt: skip
+    assert resp.headers["x-request-id"] == "client-req-42"
+    generated = httpx.post(f"{gateway.base_url}/chat/completions", json={"model": "offline", "messages": MSG},
+                           headers={"authorization": f"Bearer {key}"}).headers["x-request-id"]  # fmt: skip
+    assert len(generated) == 32 and generated != "client-req-42"
+    time.sleep(0.3)
+    with gateway.admin() as admin:
+        record = admin.get("/admin/requests/client-req-42").json()
+    assert record["team"] == "team-a" and record["key_id"] == key.split("-")[2]
+    assert record["deployment"] == "fake/fake-model" and record["status"] == 200
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (1000, 500)
+    assert record["cost_usd"] == 0.002  # 1000 × $1/M + 500 × $2/M
+    assert record["latency_ms"] > 0
+
+
+def test_streams_record_time_to_first_token(gateway, upstream: FakeUpstream) -> None:
+    key = gateway.create_key("team-a")
+    upstream.queue("fake-model", Step(content="a b c", chunk_delay=0.05))
+    with httpx.stream(
+        "POST", f"{gateway.base_url}/chat/completions", headers={"authorization": f"Bearer {key}", "x-request-id": "s-1"},
+        json={"model": "gpt-test", "messages": MSG, "stream": True},
+    ) as resp:  # fmt: skip
+        lines = [line for line in resp.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    time.sleep(0.3)
+    with gateway.admin() as admin:
+        record = admin.get("/admin/requests/s-1").json()
+    assert record["stream"] is True and record["ttft_ms"] is not None
+    assert 0 < record["ttft_ms"] <= record["latency_ms"]
+    assert record["completion_tokens"] == 5
+
+
+def test_prometheus_metrics_count_requests_tokens_cost_and_rejections(make_gateway) -> None:
+    gw = make_gateway()
+    key = gw.create_key("team-a", rpm=1)
+    headers = {"authorization": f"Bearer {key}"}
+    httpx.post(f"{gw.base_url}/chat/completions", json={"model": "gpt-test", "messages": MSG}, headers=headers)
+    httpx.post(f"{gw.base_url}/chat/completions", json={"model": "gpt-test", "messages": MSG}, headers=headers)
+    text = httpx.get(f"{gw.url}/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}).text
+    assert 'gengate_requests_total{endpoint="chat.completions",model="gpt-test",status="200",team="team-a"} 1.0' in text
+    assert 'status="429"' in text
+    assert 'gengate_limit_rejections_total{reason="requests_per_minute_exceeded",team="team-a"} 1.0' in text
+    assert 'gengate_tokens_total{kind="prompt",model="gpt-test",team="team-a"} 10.0' in text
+    assert "gengate_cost_usd_total" in text and "gengate_request_latency_seconds_bucket" in text
+
+
+def test_json_logs_carry_fields_and_no_secrets() -> None:
+    record = logging.LogRecord("gengate.http", logging.INFO, __file__, 1, "request done", (), None)
+    record.team = "team-a"
+    line = JsonFormatter().format(record)
+    assert '"team":"team-a"' in line and '"msg":"request done"' in line
+
+
+def test_upstream_key_and_client_key_never_reach_logs(gateway, upstream: FakeUpstream, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = gateway.create_key("team-a")
+    upstream.queue("fake-model", Step(status=500), Step(status=500), Step(status=400))
+    for _ in range(2):
+        httpx.post(f"{gateway.base_url}/chat/completions", json={"model": "gpt-test", "messages": MSG},
+                   headers={"authorization": f"Bearer {key}"})  # fmt: skip
+    httpx.post(f"{gateway.base_url}/chat/completions", json={"model": "gpt-test", "messages": MSG},
+               headers={"authorization": f"Bearer {key}-tampered"})  # fmt: skip
+    assert key not in caplog.text and "upstream-secret" not in caplog.text and ADMIN_KEY not in caplog.text
