@@ -39,7 +39,8 @@ def test_streams_record_time_to_first_token(gateway, upstream: FakeUpstream) -> 
     key = gateway.create_key("team-a")
     upstream.queue("fake-model", Step(content="a b c", chunk_delay=0.05))
     with httpx.stream(
-        "POST", f"{gateway.base_url}/chat/completions", headers={"authorization": f"Bearer {key}", "x-request-id": "s-1"},
+        "POST", f"{gateway.base_url}/chat/completions",
+        headers={"authorization": f"Bearer {key}", "x-request-id": "s-1"},
         json={"model": "gpt-test", "messages": MSG, "stream": True},
     ) as resp:  # fmt: skip
         lines = [line for line in resp.iter_lines() if line]
