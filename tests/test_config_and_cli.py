@@ -156,3 +156,12 @@ def test_gengate_serve_starts_on_embedded_defaults_and_answers(tmp_path: Path) -
     with sqlite3.connect(tmp_path / "data" / "gengate.db") as db:
         rows = db.execute("SELECT model, status FROM requests").fetchall()
     assert ("offline", 200) in rows
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).parent.parent / "examples" / "gengate.yaml"
+    settings = load_settings(
+        example, environ={"GENGATE_ADMIN_KEY": "a" * 32, "OPENAI_API_KEY": "x", "AZURE_OPENAI_KEY": "y"}
+    )
+    assert settings.models["gpt-4o-mini"].deployments[2].priority == 1
+    assert settings.policy.teams["support"].budget is not None
