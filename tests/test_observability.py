@@ -84,3 +84,31 @@ def test_upstream_key_and_client_key_never_reach_logs(gateway, upstream: FakeUps
     httpx.post(f"{gateway.base_url}/chat/completions", json={"model": "gpt-test", "messages": MSG},
                headers={"authorization": f"Bearer {key}-tampered"})  # fmt: skip
     assert key not in caplog.text and "upstream-secret" not in caplog.text and ADMIN_KEY not in caplog.text
+
+
+def test_opentelemetry_export_uses_genai_conventions(make_gateway) -> None:
+    from aiohttp import web
+
+    from fake_upstream import ServerThread
+
+    received: list[bytes] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    collector = ServerThread(app)
+    collector.start()
+    try:
+        gw = make_gateway({"telemetry": {"otel": {"endpoint": f"http://127.0.0.1:{collector.port}/v1/traces"}}})
+        key = gw.create_key("team-a")
+        httpx.post(f"{gw.base_url}/chat/completions", json={"model": "gpt-test", "messages": MSG},
+                   headers={"authorization": f"Bearer {key}"})  # fmt: skip
+        gw.stop()  # shutdown flushes the span processor
+        payload = b"".join(received)
+        for needle in (b"gen_ai.request.model", b"gpt-test", b"gen_ai.usage.input_tokens", b"gen_ai.operation.name"):
+            assert needle in payload
+    finally:
+        collector.stop()
