@@ -112,7 +112,6 @@ def test_retries_retryable_statuses_then_answers_from_same_deployment(
     ("status", "error_class"),
     [
         (400, openai.BadRequestError),
-        (404, openai.NotFoundError),
         (413, openai.APIStatusError),
         (422, openai.UnprocessableEntityError),
     ],
@@ -219,6 +218,21 @@ def test_upstream_refusing_gateway_credentials_falls_back_without_leaking_its_me
     assert "credentials" in err.message
     assert "Xq9z" not in err.message
     assert (upstream.calls_for("fake-model"), backup.calls_for("backup-model")) == (2, 2)
+
+
+def test_upstream_404_is_a_misconfigured_deployment_and_falls_back(
+    make_gateway: MakeGateway, upstream: FakeUpstream, backup: FakeUpstream, sdk: Sdk
+) -> None:
+    gw = make_gateway(with_backup(backup, routing={"max_retries": 2}))
+    upstream.queue("fake-model", Step(status=404, error_message="The model `fake-model` does not exist"))
+    client = sdk(gw, gw.create_key())
+    assert client.chat.completions.create(model="gpt-test", messages=HI).choices[0].message.content == "from the backup"
+    assert upstream.calls_for("fake-model") == 1
+
+    upstream.queue("fake-model", Step(status=404))
+    backup.queue("backup-model", Step(status=404))
+    err = failing_call(client)
+    assert err.status_code == 502 and "not found upstream" in err.message
 
 
 def test_unavailable_local_provider_falls_back(

@@ -66,6 +66,8 @@ class Call:
             if not attempt.ok:
                 self.gateway.metrics.upstream_errors.labels(attempt.deployment).inc()
         cost = 0
+        if route.attempts:
+            trace.deployment = route.attempts[-1].deployment
         if usage is not None and route.deployment is not None:
             trace.deployment = deployment_label(route.deployment)
             trace.prompt_tokens = usage.prompt_tokens

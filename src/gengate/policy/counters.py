@@ -104,7 +104,11 @@ class LocalCounters:
 
     async def settle(self, keys: Sequence[tuple[str, int]], reserved: int, actual: int) -> None:
         for key, _ in keys:
-            entry = self._budgets.setdefault(key, [0, 0])
+            entry = self._budgets.get(key)
+            if entry is None:
+                # Never reserved here: an entry made now would hold only this call and hide the stored spend
+                # from the loader; the request log has the cost, and the first reserve loads it.
+                continue
             entry[1] = max(0, entry[1] - reserved)
             entry[0] += actual
 
@@ -145,20 +149,23 @@ for i, key in ipairs(KEYS) do
   if spent + reserved + amount > tonumber(ARGV[1 + i]) then return 0 end
 end
 for i, key in ipairs(KEYS) do
-  redis.call('HINCRBY', key, 'reserved', amount)
+  redis.call('HINCRBY', key, 'reserved', ARGV[1])
 end
 return 1
 """
 
+# A budget hash that no longer exists (evicted, Redis restarted) is left absent, never re-created holding only
+# this call's cost: the next reserve then reloads the whole period's spend from the store.
 _SETTLE = """
 local reserved = tonumber(ARGV[1])
-local actual = tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
-  local left = redis.call('HINCRBY', key, 'reserved', -reserved)
-  if left < 0 then redis.call('HSET', key, 'reserved', 0) end
-  redis.call('HINCRBY', key, 'spent', actual)
-  local ttl = tonumber(ARGV[2 + i])
-  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  if redis.call('EXISTS', key) == 1 then
+    local left = redis.call('HINCRBY', key, 'reserved', -reserved)
+    if left < 0 then redis.call('HSET', key, 'reserved', 0) end
+    redis.call('HINCRBY', key, 'spent', ARGV[2])
+    local ttl = tonumber(ARGV[2 + i])
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  end
 end
 return 1
 """
@@ -179,6 +186,8 @@ class RedisCounters:
         self._hit = self._redis.register_script(_HIT)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
+        # Concurrent first calls in this process load a budget's spend once, not once each.
+        self._load_lock = asyncio.Lock()
 
     def _k(self, key: str) -> str:
         return f"{self._prefix}:{key}"
@@ -213,15 +222,21 @@ class RedisCounters:
                 return result == 1
             missing = -result - 2
             name, _, ttl = budgets[missing]
+            await self._initialise(keys[missing], name, ttl, loader)
+        return False
+
+    async def _initialise(self, redis_key: str, name: str, ttl: int, loader: Loader) -> None:
+        async with self._load_lock:
+            if await self._redis.exists(redis_key):
+                return
             spent = await loader(name)
             # HSETNX: if another process initialised it meanwhile, its value stands.
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hsetnx(keys[missing], "spent", spent)
-                pipe.hsetnx(keys[missing], "reserved", 0)
+                pipe.hsetnx(redis_key, "spent", spent)
+                pipe.hsetnx(redis_key, "reserved", 0)
                 if ttl > 0:
-                    pipe.expire(keys[missing], ttl)
+                    pipe.expire(redis_key, ttl)
                 await pipe.execute()
-        return False
 
     async def settle(self, keys: Sequence[tuple[str, int]], reserved: int, actual: int) -> None:
         if keys:

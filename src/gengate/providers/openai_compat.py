@@ -80,6 +80,10 @@ class OpenAICompatProvider:
                     message = f"{message}: {detail[:500]}"
         except orjson.JSONDecodeError:
             pass
+        if resp.status == 404:
+            # The alias exists (gengate checked it), so a 404 means this deployment's model or path is wrong in
+            # gengate's configuration: move on to the next deployment; the client sees a 502 if none answers.
+            raise UpstreamError(f"{message} (deployment model or path not found upstream)", retryable=False)
         if resp.status == 429:
             # Retried and failed over like a 5xx; if every deployment keeps refusing, the client gets the 429.
             raise UpstreamRejected(message, status=429, body=body)

@@ -7,6 +7,7 @@ know about HTTP, policy decisions or key formats.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -205,11 +206,35 @@ class Store:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
-    # busy_timeout first: switching a new database to WAL takes a lock another opener may hold.
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    try:
+        cursor.execute("PRAGMA busy_timeout=5000")
+        _use_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the database file to WAL (persistent, so only its first opener really does it).
+
+    The switch needs an exclusive lock and SQLite may refuse it at once instead of waiting for the busy
+    timeout, which happens when several processes open a new database together: retry briefly. This
+    blocks only then, since every later connection finds the file in WAL mode already.
+    """
+    deadline = time.monotonic() + 5.0
+    while True:
+        cursor.execute("PRAGMA journal_mode")
+        row = cursor.fetchone()
+        if row is not None and str(row[0]).lower() == "wal":
+            return
+        try:
+            # Returns the mode in force; an in-memory database stays in "memory", which is fine.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 async def open_store(url: str) -> Store:
