@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -58,4 +59,14 @@ def serve(settings: Settings, config_path: str | None) -> None:
             workers=settings.server.workers, log_config=None, access_log=False, server_header=False,
         )  # fmt: skip
         return
-    asyncio.run(serve_async(settings))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve_async(settings))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (uvicorn[standard] brings it): about twice the throughput of the stdlib loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -119,6 +119,11 @@ class Gateway:
 async def open_gateway(settings: Settings) -> Gateway:
     """Open the store (migrating it) and build every component."""
     store = await open_store(settings.database_url)
+    if store.dialect == "postgresql" and not settings.redis.url:
+        log.warning(
+            "storage is shared (PostgreSQL) but redis.url is not set: each gateway process enforces rate limits "
+            "and budget reservations on its own; set redis.url to share them"
+        )
     metrics = Metrics()
     counters: Counters = (
         RedisCounters(settings.redis.url, settings.redis.prefix) if settings.redis.url else LocalCounters()

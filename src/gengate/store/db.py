@@ -190,7 +190,7 @@ class Store:
         async with self.engine.connect() as conn:
             return float((await conn.execute(query)).scalar() or 0.0)
 
-    async def spend_by(self, column: str, *, since: float) -> list[tuple[str, float, int]]:
+    async def spend_by(self, column: str, *, since: float) -> list[tuple[str | None, float, int]]:
         """(group, USD, requests) since a time, grouped by `team`, `key_id` or `model`."""
         col = {"team": requests.c.team, "key_id": requests.c.key_id, "model": requests.c.model}[column]
         query = (
@@ -201,7 +201,7 @@ class Store:
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [(str(r[0]), float(r[1]), int(r[2])) for r in rows]
+        return [(None if r[0] is None else str(r[0]), float(r[1]), int(r[2])) for r in rows]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
