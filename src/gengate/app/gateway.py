@@ -87,19 +87,11 @@ class Gateway:
 
     def record(self, trace: TraceRecord) -> None:
         """Account for a finished request: metrics, the batched log, OpenTelemetry."""
-        m = self.metrics
-        model = trace.model or ""
-        team = trace.team or ""
-        m.requests.labels(trace.endpoint, model, team, str(trace.status)).inc()
-        m.latency.labels(trace.endpoint, model).observe(trace.latency_ms / 1000)
-        if trace.ttft_ms is not None:
-            m.ttft.labels(model).observe(trace.ttft_ms / 1000)
-        if trace.prompt_tokens:
-            m.tokens.labels(model, team, "prompt").inc(trace.prompt_tokens)
-        if trace.completion_tokens:
-            m.tokens.labels(model, team, "completion").inc(trace.completion_tokens)
-        if trace.cost_usd:
-            m.cost.labels(model, team).inc(trace.cost_usd)
+        self.metrics.observe(
+            trace.endpoint, trace.model or "", trace.team or "", trace.status, trace.latency_ms / 1000,
+            None if trace.ttft_ms is None else trace.ttft_ms / 1000,
+            trace.prompt_tokens, trace.completion_tokens, trace.cost_usd,
+        )  # fmt: skip
         self.traces.submit(trace)
         if self.otel is not None:
             self.otel.export(trace)

@@ -8,6 +8,7 @@ Owns: key generation, hashing, the authenticator with its short cache. Must not:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -114,11 +115,7 @@ class KeyAuthenticator:
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
-
-    def is_admin_key(self, token: str) -> bool:
-        """Constant-time check against the configured admin keys."""
-        digest = hash_key(token)
-        return any(hmac.compare_digest(digest, h) for h in self._admin_hashes)
+        self._loading: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
     def forget(self, key_id: str) -> None:
         """Drop a cached record (after revocation or change)."""
@@ -129,7 +126,13 @@ class KeyAuthenticator:
         hit = self._cache.get(key_id)
         if hit is not None and now - hit[0] < self._cache_seconds:
             return hit[1]
-        record = await self._store.get_key(key_id)
+        # One lookup per key id at a time: when a popular key's cache entry expires, concurrent requests
+        # share the refresh instead of each querying the database.
+        pending = self._loading.get(key_id)
+        if pending is None:
+            pending = self._loading[key_id] = asyncio.ensure_future(self._store.get_key(key_id))
+            pending.add_done_callback(lambda _: self._loading.pop(key_id, None))
+        record = await asyncio.shield(pending)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key_id] = (now, record)
@@ -137,13 +140,14 @@ class KeyAuthenticator:
 
     async def authenticate(self, token: str) -> tuple[Principal, KeyRecord | None]:
         """Verify a key; raise AuthenticationError with a reason that never echoes the key."""
-        if self._admin_hashes and self.is_admin_key(token):
+        digest = hash_key(token)
+        if any(hmac.compare_digest(digest, h) for h in self._admin_hashes):
             return Principal(subject="admin", team="admin", roles=("admin",), auth="admin", token=token), None
         match = KEY_PATTERN.match(token)
         if match is None:
             raise AuthenticationError("invalid API key format")
         record = await self._record(match.group(1))
-        if record is None or not hmac.compare_digest(record.hash, hash_key(token)):
+        if record is None or not hmac.compare_digest(record.hash, digest):
             raise AuthenticationError("invalid API key")
         now = self._clock()
         if record.revoked_at is not None:

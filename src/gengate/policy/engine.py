@@ -11,6 +11,7 @@ through `Counters` and the store's spend query.
 from __future__ import annotations
 
 import fnmatch
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,21 +20,44 @@ from datetime import UTC, datetime
 from gengate.errors import BudgetExceeded, PermissionDenied, PricingMissing, RateLimited
 from gengate.policy.counters import Counters
 from gengate.policy.pricing import PriceTable, to_nanos
-from gengate.settings import Budget, Deployment, Limits, PolicySettings
+from gengate.settings import Deployment, Limits, PolicySettings, Price
 from gengate.store.db import KeyRecord, Store
 from gengate.types import Principal
 
 
 def period_start(period: str, now: float) -> tuple[str, float, int]:
     """(period label, start timestamp, TTL seconds for counters) of the period containing `now`, in UTC."""
+    label, start, ttl, _ = _period(period, now)
+    return label, start, ttl
+
+
+def _period(period: str, now: float) -> tuple[str, float, int, float]:
+    """As `period_start`, plus the timestamp at which the period ends."""
     moment = datetime.fromtimestamp(now, UTC)
     if period == "day":
         start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-        return start.strftime("%Y-%m-%d"), start.timestamp(), 2 * 86400
+        return start.strftime("%Y-%m-%d"), start.timestamp(), 2 * 86400, start.timestamp() + 86400
     if period == "month":
         start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        return start.strftime("%Y-%m"), start.timestamp(), 32 * 86400
-    return "total", 0.0, 0
+        following = (
+            start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+        )
+        return start.strftime("%Y-%m"), start.timestamp(), 32 * 86400, following.timestamp()
+    return "total", 0.0, 0, math.inf
+
+
+class PeriodCache:
+    """`period_start` memoised until the period ends (it runs on every budgeted request)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[str, float, int, float]] = {}
+
+    def get(self, period: str, now: float) -> tuple[str, float, int]:
+        """(label, start, ttl) for the period containing `now`."""
+        hit = self._cache.get(period)
+        if hit is None or not hit[1] <= now < hit[3]:
+            hit = self._cache[period] = _period(period, now)
+        return hit[0], hit[1], hit[2]
 
 
 def model_allowed(patterns: Sequence[str] | None, alias: str) -> bool:
@@ -70,6 +94,8 @@ class PolicyEngine:
         self._prices = prices
         self._store = store
         self._clock = clock
+        self._periods = PeriodCache()
+        self._worst: dict[str, Price | None] = {}
 
     def team_limits(self, team: str) -> Limits:
         """The team's override, or the default limits."""
@@ -83,19 +109,22 @@ class PolicyEngine:
             return False
         return key is None or model_allowed(key.models, alias)
 
-    def _budgets(self, principal: Principal, key: KeyRecord | None) -> list[tuple[str, Budget, str]]:
-        """(counter key, budget, scope) for every budget that applies."""
-        now = self._clock()
-        found: list[tuple[str, Budget, str]] = []
+    def _budgets(self, principal: Principal, key: KeyRecord | None, now: float) -> list[tuple[str, int, int]]:
+        """(counter key, limit in nano-dollars, counter TTL) for every budget that applies."""
+        found: list[tuple[str, int, int]] = []
         team_budget = self.team_limits(principal.team).budget
         if team_budget is not None:
-            label, _, _ = period_start(team_budget.period, now)
-            found.append((f"team:{principal.team}:{label}", team_budget, "team"))
+            label, _, ttl = self._periods.get(team_budget.period, now)
+            found.append((f"team:{principal.team}:{label}", to_nanos(team_budget.usd), ttl))
         if key is not None and key.budget_usd is not None:
-            kb = Budget(usd=key.budget_usd, period=key.budget_period or "month")  # type: ignore[arg-type]
-            label, _, _ = period_start(kb.period, now)
-            found.append((f"key:{key.id}:{label}", kb, "key"))
+            label, _, ttl = self._periods.get(key.budget_period or "month", now)
+            found.append((f"key:{key.id}:{label}", to_nanos(key.budget_usd), ttl))
         return found
+
+    def _worst_price(self, alias: str, deployments: Sequence[Deployment]) -> Price | None:
+        if alias not in self._worst:
+            self._worst[alias] = self._prices.worst_case(deployments, alias)
+        return self._worst[alias]
 
     async def admit(
         self,
@@ -136,9 +165,9 @@ class PolicyEngine:
                 )
         admission.tpm_keys = [name for name, _ in tpm_limits]
 
-        budgets = self._budgets(principal, key)
+        budgets = self._budgets(principal, key, now)
         if budgets:
-            price = self._prices.worst_case(deployments, alias)
+            price = self._worst_price(alias, deployments)
             if price is None:
                 raise PricingMissing(
                     f"model {alias!r} has no price in the pricing table and a budget applies to "
@@ -160,12 +189,10 @@ class PolicyEngine:
                 )
 
         if budgets:
-            ttl_of = {name: period_start(b.period, now)[2] for name, b, _ in budgets}
-            entries = [(name, to_nanos(b.usd), ttl_of[name]) for name, b, _ in budgets]
-            ok = await self._counters.reserve(entries, admission.reserved_nanos, self._load_spend)
+            ok = await self._counters.reserve(budgets, admission.reserved_nanos, self._load_spend)
             if not ok:
                 raise BudgetExceeded(f"budget for team {principal.team!r} or this key is exhausted for the period")
-            admission.budget_keys = [(name, ttl_of[name]) for name, _, _ in budgets]
+            admission.budget_keys = [(name, ttl) for name, _, ttl in budgets]
         return admission
 
     async def _load_spend(self, counter_key: str) -> int:

@@ -40,6 +40,7 @@ class OpenAICompatProvider:
                 headers["authorization"] = f"Bearer {secret}"
         self._headers = headers
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float, bool], aiohttp.ClientTimeout] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -57,10 +58,17 @@ class OpenAICompatProvider:
         return f"{self._base}/{operation}"
 
     def _timeout(self, call: UpstreamCall, stream: bool) -> aiohttp.ClientTimeout:
+        key = (call.timeout, stream)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = self._timeouts[key] = self._make_timeout(call.timeout, stream)
+        return timeout
+
+    def _make_timeout(self, seconds: float, stream: bool) -> aiohttp.ClientTimeout:
         if stream:
             # For streams the timeout bounds the wait for each piece, not the whole answer.
-            return aiohttp.ClientTimeout(sock_connect=self._settings.connect_timeout, sock_read=call.timeout)
-        return aiohttp.ClientTimeout(total=call.timeout, sock_connect=self._settings.connect_timeout)
+            return aiohttp.ClientTimeout(sock_connect=self._settings.connect_timeout, sock_read=seconds)
+        return aiohttp.ClientTimeout(total=seconds, sock_connect=self._settings.connect_timeout)
 
     async def _raise_for(self, resp: aiohttp.ClientResponse) -> None:
         message = f"upstream {self.name} answered HTTP {resp.status}"

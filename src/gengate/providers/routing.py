@@ -93,6 +93,8 @@ class Router:
         self._clock = clock
         self._sleep = sleep
         self._breakers: dict[str, _Breaker] = {}
+        self._tier_cache: dict[str, list[list[Deployment]]] = {}
+        self._labels: dict[int, str] = {}
 
     @property
     def aliases(self) -> Mapping[str, ModelAlias]:
@@ -106,21 +108,35 @@ class Router:
             raise UnknownModel(f"the model {name!r} does not exist", param="model")
         return spec
 
+    def _tiers(self, name: str) -> list[list[Deployment]]:
+        tiers = self._tier_cache.get(name)
+        if tiers is None:
+            grouped: dict[int, list[Deployment]] = {}
+            for dep in self.alias(name).deployments:
+                grouped.setdefault(dep.priority, []).append(dep)
+                self._labels[id(dep)] = deployment_label(dep)
+            tiers = self._tier_cache[name] = [grouped[p] for p in sorted(grouped)]
+        return tiers
+
     def plan(self, name: str) -> list[Deployment]:
         """The order in which deployments will be tried; deployments with an open circuit are left out."""
-        tiers: dict[int, list[Deployment]] = {}
-        for dep in self.alias(name).deployments:
-            tiers.setdefault(dep.priority, []).append(dep)
         ordered: list[Deployment] = []
-        for priority in sorted(tiers):
-            pool = list(tiers[priority])
+        for tier in self._tiers(name):
+            if len(tier) == 1:
+                ordered.append(tier[0])
+                continue
+            pool = list(tier)
             while pool:
                 pick = self._rng.choices(range(len(pool)), weights=[d.weight for d in pool])[0]
                 ordered.append(pool.pop(pick))
         return [d for d in ordered if not self.circuit_open(d)]
 
     def _breaker(self, dep: Deployment) -> _Breaker:
-        return self._breakers.setdefault(deployment_label(dep), _Breaker())
+        label = self._labels.get(id(dep)) or deployment_label(dep)
+        breaker = self._breakers.get(label)
+        if breaker is None:
+            breaker = self._breakers[label] = _Breaker()
+        return breaker
 
     def circuit_open(self, dep: Deployment) -> bool:
         """Whether the deployment is currently skipped."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -36,6 +38,35 @@ class Metrics:
             "gengate_limit_rejections", "Requests refused by policy", ["team", "reason"], registry=r
         )
         self.log_dropped = Counter("gengate_log_dropped", "Trace records that could not be written", registry=r)
+        self._children: dict[tuple[str, str, str, int], tuple[Any, ...]] = {}
+
+    def observe(
+        self, endpoint: str, model: str, team: str, status: int, latency_s: float, ttft_s: float | None,
+        prompt_tokens: int, completion_tokens: int, cost_usd: float,
+    ) -> None:  # fmt: skip
+        """Account one finished request (label children are cached: `.labels()` is slow on the hot path)."""
+        key = (endpoint, model, team, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(endpoint, model, team, str(status)),
+                self.latency.labels(endpoint, model),
+                self.ttft.labels(model),
+                self.tokens.labels(model, team, "prompt"),
+                self.tokens.labels(model, team, "completion"),
+                self.cost.labels(model, team),
+            )
+        requests, latency, ttft, prompt, completion, cost = children
+        requests.inc()
+        latency.observe(latency_s)
+        if ttft_s is not None:
+            ttft.observe(ttft_s)
+        if prompt_tokens:
+            prompt.inc(prompt_tokens)
+        if completion_tokens:
+            completion.inc(completion_tokens)
+        if cost_usd:
+            cost.inc(cost_usd)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from gengate.store.db import Store
@@ -45,6 +45,14 @@ class TraceRecord:
     client_disconnected: bool = False
 
 
+_FIELDS = tuple(f.name for f in fields(TraceRecord))
+
+
+def _row(record: TraceRecord) -> dict[str, Any]:
+    # Shallow and flat: `dataclasses.asdict` deep-copies and cost ~35 µs a record on the hot path.
+    return {name: getattr(record, name) for name in _FIELDS}
+
+
 class TraceWriter:
     """Queues records and writes them in batches from one background task."""
 
@@ -57,7 +65,7 @@ class TraceWriter:
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds
         self._max_queue = max_queue
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[TraceRecord] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -71,7 +79,7 @@ class TraceWriter:
         if len(self._pending) >= self._max_queue:
             self._metrics.log_dropped.inc()
             return
-        self._pending.append(asdict(record))
+        self._pending.append(record)
         if len(self._pending) >= self._batch_size:
             self._wake.set()
 
@@ -83,7 +91,7 @@ class TraceWriter:
                 self._pending[self._batch_size * 10 :],
             )
             try:
-                await self._store.write_requests(batch)
+                await self._store.write_requests([_row(r) for r in batch])
             except Exception:
                 # Put the batch back and let the next round retry; the database may be restarting.
                 log.exception("writing %d trace records failed; will retry", len(batch))
