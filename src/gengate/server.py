@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from gengate.app.factory import GatewayHolder, create_admin_app, create_app
 from gengate.errors import ConfigError
@@ -15,17 +15,17 @@ from gengate.settings import Settings, load_settings
 from gengate.telemetry.logs import configure_logging
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> ASGIApp:
     """uvicorn factory for worker processes: settings from `GENGATE_CONFIG` (or embedded defaults)."""
     settings = load_settings()
     configure_logging(settings.telemetry.log_level, settings.telemetry.log_json)
     return create_app(settings)
 
 
-def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+def _config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
-        timeout_graceful_shutdown=10, server_header=False,
+        timeout_graceful_shutdown=10, server_header=False, proxy_headers=False,
     )  # fmt: skip
 
 
@@ -57,6 +57,7 @@ def serve(settings: Settings, config_path: str | None) -> None:
         uvicorn.run(
             "gengate.server:app_from_env", factory=True, host=settings.server.host, port=settings.server.port,
             workers=settings.server.workers, log_config=None, access_log=False, server_header=False,
+            proxy_headers=False,
         )  # fmt: skip
         return
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -12,7 +12,6 @@ import gc
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -56,20 +55,18 @@ def admin_routes_list(prefix: str) -> list[Route]:
     ]
 
 
-def _starlette(
+def _build(
     settings: Settings, routes: list[Route], lifespan: object, fast_routes: dict[str, Endpoint] | None = None
-) -> Starlette:
-    return Starlette(
+) -> RequestContext:
+    """The Starlette app wrapped in the transport middleware (outermost, so hot routes skip Starlette)."""
+    app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContext, max_body_bytes=settings.server.max_body_bytes, fast_routes=fast_routes)],
         exception_handlers={
-            404: _not_found,
-            405: _method_not_allowed,
-            GengateError: _gengate_error,
-            Exception: _gengate_error,
+            404: _not_found, 405: _method_not_allowed, GengateError: _gengate_error, Exception: _gengate_error
         },
         lifespan=lifespan,  # type: ignore[arg-type]
-    )
+    )  # fmt: skip
+    return RequestContext(app, max_body_bytes=settings.server.max_body_bytes, fast_routes=fast_routes)
 
 
 class GatewayHolder:
@@ -104,7 +101,7 @@ class GatewayHolder:
                     self.gateway = None
 
 
-def create_app(settings: Settings, *, holder: GatewayHolder | None = None) -> Starlette:
+def create_app(settings: Settings, *, holder: GatewayHolder | None = None) -> RequestContext:
     """The public application (OpenAI API; admin plane too unless it has its own port)."""
     holder = holder or GatewayHolder(settings)
     routes = [
@@ -120,9 +117,9 @@ def create_app(settings: Settings, *, holder: GatewayHolder | None = None) -> St
         "/v1/chat/completions": openai_routes.chat_completions,
         "/v1/embeddings": openai_routes.embeddings,
     }
-    return _starlette(settings, routes, holder.lifespan, fast)
+    return _build(settings, routes, holder.lifespan, fast)
 
 
-def create_admin_app(settings: Settings, holder: GatewayHolder) -> Starlette:
+def create_admin_app(settings: Settings, holder: GatewayHolder) -> RequestContext:
     """The admin plane alone, for `server.admin_port`."""
-    return _starlette(settings, [*admin_routes_list("/admin"), Route("/healthz", _health)], holder.lifespan)
+    return _build(settings, [*admin_routes_list("/admin"), Route("/healthz", _health)], holder.lifespan)

@@ -81,6 +81,7 @@ class RequestContext:
 
         endpoint = self.fast_routes.get(scope["path"]) if scope["method"] == "POST" else None
         if endpoint is not None:
+            scope["app"] = self.app  # what Starlette would set: handlers find the gateway on app.state
             response = await endpoint(Request(scope, limited_receive))
             response.raw_headers.append(header)
             await response(scope, receive, send)
