@@ -125,3 +125,14 @@ def test_jwt_with_admin_role_can_use_admin_api(make_gateway) -> None:
     user_token = _token({"org": {"team": "platform"}, "roles": ["user"]})
     assert httpx.get(f"{gw.url}/admin/keys", headers={"authorization": f"Bearer {admin_token}"}).status_code == 200
     assert httpx.get(f"{gw.url}/admin/keys", headers={"authorization": f"Bearer {user_token}"}).status_code == 403
+
+
+def test_a_role_named_admin_is_not_gengates_admin_unless_configured(make_gateway) -> None:
+    config = {"auth": {**JWT_CONFIG["auth"], "admin_roles": ["gengate-admin"]}}
+    gw = make_gateway(config)
+    someone_elses_admin = _token({"org": {"team": "platform"}, "roles": ["admin"]})
+    ours = _token({"org": {"team": "platform"}, "roles": ["gengate-admin"]})
+    assert (
+        httpx.get(f"{gw.url}/admin/keys", headers={"authorization": f"Bearer {someone_elses_admin}"}).status_code == 403
+    )
+    assert httpx.get(f"{gw.url}/admin/keys", headers={"authorization": f"Bearer {ours}"}).status_code == 200

@@ -19,13 +19,15 @@ class Principal:
     roles: tuple[str, ...] = ()
     key_id: str | None = None
     auth: str = "key"  # "key" | "jwt" | "admin"
+    # Granted only by an admin key or a JWT role listed in `auth.admin_roles`; never inferred from a role name.
+    admin: bool = False
     claims: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
     token: str = field(default="", repr=False, compare=False, hash=False)
 
     @property
     def is_admin(self) -> bool:
-        """True for the admin plane's credentials (an admin key or an admin role)."""
-        return "admin" in self.roles
+        """True for the admin plane's credentials (an admin key or a configured admin role)."""
+        return self.admin
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ There is no module-level state: tests build as many gateways as they like, each 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -78,11 +79,8 @@ class Gateway:
         if token.startswith("sk-") or not self.jwt.enabled or not self.jwt.looks_like_jwt(token):
             return await self.keys.authenticate(token)
         principal = await self.jwt.verify(token)
-        if any(role in self.settings.auth.admin_roles for role in principal.roles) and not principal.is_admin:
-            principal = Principal(
-                subject=principal.subject, team=principal.team, groups=principal.groups,
-                roles=(*principal.roles, "admin"), auth="jwt", claims=principal.claims, token=principal.token,
-            )  # fmt: skip
+        if any(role in self.settings.auth.admin_roles for role in principal.roles):
+            principal = dataclasses.replace(principal, admin=True)
         return principal, None
 
     def record(self, trace: TraceRecord) -> None:

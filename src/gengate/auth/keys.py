@@ -142,7 +142,7 @@ class KeyAuthenticator:
         """Verify a key; raise AuthenticationError with a reason that never echoes the key."""
         digest = hash_key(token)
         if any(hmac.compare_digest(digest, h) for h in self._admin_hashes):
-            return Principal(subject="admin", team="admin", roles=("admin",), auth="admin", token=token), None
+            return Principal(subject="admin", team="admin", auth="admin", admin=True, token=token), None
         match = KEY_PATTERN.match(token)
         if match is None:
             raise AuthenticationError("invalid API key format")
