@@ -284,30 +284,30 @@ def _model_object(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "gengate"}
 
 
+async def _visible_for(request: Request) -> tuple[Gateway, list[str]]:
+    gateway: Gateway = request.app.state.gateway
+    headers = request.headers
+    principal, key = await gateway.authenticate(headers.get("authorization"), headers.get("api-key"))
+    return gateway, visible_models(gateway, principal, key)
+
+
 async def list_models(request: Request) -> Response:
     """GET /v1/models: only what the caller may use."""
-    gateway: Gateway = request.app.state.gateway
     try:
-        principal, key = await gateway.authenticate(
-            request.headers.get("authorization"), request.headers.get("api-key")
-        )
+        gateway, names = await _visible_for(request)
     except GengateError as exc:
         return error_response(exc)
     created = int(gateway.started_at)
-    data = [_model_object(n, created) for n in visible_models(gateway, principal, key)]
-    return json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": [_model_object(n, created) for n in names]})
 
 
 async def get_model(request: Request) -> Response:
     """GET /v1/models/{model}: 404 for models that do not exist or that the caller may not use."""
-    gateway: Gateway = request.app.state.gateway
     try:
-        principal, key = await gateway.authenticate(
-            request.headers.get("authorization"), request.headers.get("api-key")
-        )
+        gateway, names = await _visible_for(request)
     except GengateError as exc:
         return error_response(exc)
     name = request.path_params["model"]
-    if name not in visible_models(gateway, principal, key):
+    if name not in names:
         return error_response(UnknownModel(f"the model {name!r} does not exist", param="model"))
     return json_response(_model_object(name, int(gateway.started_at)))
