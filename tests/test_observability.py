@@ -83,6 +83,7 @@ def test_upstream_key_and_client_key_never_reach_logs(gateway, upstream: FakeUps
                    headers={"authorization": f"Bearer {key}"})  # fmt: skip
     httpx.post(f"{gateway.base_url}/chat/completions", json={"model": "gpt-test", "messages": MSG},
                headers={"authorization": f"Bearer {key}-tampered"})  # fmt: skip
+    assert "request failed" in caplog.text  # the failure was logged, and without secrets:
     assert key not in caplog.text and "upstream-secret" not in caplog.text and ADMIN_KEY not in caplog.text
 
 

@@ -90,6 +90,13 @@ class Gateway:
             None if trace.ttft_ms is None else trace.ttft_ms / 1000,
             trace.prompt_tokens, trace.completion_tokens, trace.cost_usd,
         )  # fmt: skip
+        if trace.status >= 500:
+            log.warning(
+                "request failed",
+                extra={"request_id": trace.id, "status": trace.status, "error_code": trace.error_code,
+                       "model": trace.model, "deployment": trace.deployment, "team": trace.team,
+                       "attempts": trace.attempts},
+            )  # fmt: skip
         self.traces.submit(trace)
         if self.otel is not None:
             self.otel.export(trace)
