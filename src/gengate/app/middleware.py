@@ -11,7 +11,7 @@ slashes/dots or backslashes is refused before routing, so `/v1/../admin/keys` ca
 from __future__ import annotations
 
 import re
-import uuid
+import os
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.requests import Request
@@ -52,7 +52,7 @@ class RequestContext:
                 except ValueError:
                     length = None
         if not request_id:
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()  # 128 random bits, like uuid4, at a fraction of its cost
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
         raw_path = scope.get("raw_path") or scope["path"].encode()
