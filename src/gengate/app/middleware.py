@@ -10,8 +10,8 @@ slashes/dots or backslashes is refused before routing, so `/v1/../admin/keys` ca
 
 from __future__ import annotations
 
-import re
 import os
+import re
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.requests import Request
