@@ -232,6 +232,75 @@ class TelemetrySettings(_Model):
     otel: OtelSettings = OtelSettings()
 
 
+class GuardRule(_Model):
+    """One check: a detector (with its options), which of its findings count, and what to do about them."""
+
+    detector: str
+    options: dict[str, Any] = {}
+    action: Literal["block", "redact", "flag"] = "flag"
+    labels: list[str] | None = None  # label prefixes that count (None: all of the detector's)
+    min_score: float = Field(0.0, ge=0, le=1)
+    template: str | None = None  # for block (default: the profile's block template)
+    redaction: Literal["mask", "pseudonymise"] = "mask"
+
+
+class GuardProfile(_Model):
+    """The checks an app or team runs at each stage."""
+
+    input: list[GuardRule] = []
+    context: list[GuardRule] = []
+    output: list[GuardRule] = []
+    block_template: str = "blocked"
+    on_error: Literal["open", "closed"] = "closed"  # a detector that fails: allow (open) or block (closed)
+    restore_pseudonyms: bool = True  # put pseudonymised values back into the answer for the same caller
+
+
+class TemplateSlot(_Model):
+    """A typed value a template may show."""
+
+    type: Literal["str", "int", "enum"] = "str"
+    max_length: int = Field(200, ge=1)
+    pattern: str | None = None
+    values: list[str] | None = None  # for enum
+
+
+class ResponseTemplate(_Model):
+    """An approved response. `{{ name }}` placeholders are filled from validated slots, never evaluated."""
+
+    text: str
+    slots: dict[str, TemplateSlot] = {}
+
+
+class GuardSettings(_Model):
+    """Guard profiles, their assignment to teams, approved templates, streaming hold-back."""
+
+    profiles: dict[str, GuardProfile] = {}
+    teams: dict[str, str] = {}  # team -> profile name
+    default_profile: str | None = None
+    templates: dict[str, ResponseTemplate] = {
+        "blocked": ResponseTemplate(
+            text="I'm sorry, but I can't help with that request. (reference: {{ request_id }})",
+            slots={"request_id": TemplateSlot(max_length=64, pattern=r"[A-Za-z0-9._:-]+")},
+        )
+    }
+    hold_back_chars: int = Field(160, ge=0, le=100_000)
+    hash_key: Secret | None = None  # keys the hashes recorded for findings; random per process when unset
+    max_scan_chars: int = Field(200_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> GuardSettings:
+        for name in [self.default_profile, *self.teams.values()]:
+            if name is not None and name not in self.profiles:
+                raise ValueError(f"unknown guard profile {name!r}")
+        for pname, profile in self.profiles.items():
+            names = [profile.block_template] + [r.template for s in (profile.input, profile.context, profile.output)
+                                               for r in s if r.template]  # fmt: skip
+            for t in names:
+                if t not in self.templates:
+                    raise ValueError(f"profiles.{pname}: unknown template {t!r}")
+        return self
+
+
 class Settings(_Model):
     """Everything gengate is configured with. Built once; passed down; never re-read."""
 
@@ -245,6 +314,7 @@ class Settings(_Model):
     pricing: dict[str, Price] = {}
     policy: PolicySettings = PolicySettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    guard: GuardSettings = GuardSettings()
 
     @model_validator(mode="after")
     def _references_exist(self) -> Settings:

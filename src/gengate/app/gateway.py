@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from gengate.auth.jwt import JwtVerifier
 from gengate.auth.keys import KeyAuthenticator
-from gengate.errors import AuthenticationError
+from gengate.errors import AuthenticationError, ConfigError
+from gengate.guard.pipeline import Guard
 from gengate.policy.counters import Counters, LocalCounters, RedisCounters
 from gengate.policy.engine import PolicyEngine
 from gengate.policy.pricing import PriceTable
@@ -21,7 +22,7 @@ from gengate.providers.local_llm import LocalLLMProvider
 from gengate.providers.offline import OfflineProvider
 from gengate.providers.openai_compat import OpenAICompatProvider
 from gengate.providers.routing import Router
-from gengate.settings import Settings
+from gengate.settings import GuardSettings, Settings
 from gengate.store.db import KeyRecord, Store, open_store
 from gengate.telemetry.metrics import Metrics
 from gengate.telemetry.otel import OtelExporter
@@ -59,6 +60,7 @@ class Gateway:
     prices: PriceTable
     metrics: Metrics
     traces: TraceWriter
+    guard: Guard = field(default_factory=lambda: Guard(GuardSettings()))
     otel: OtelExporter | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -97,6 +99,8 @@ class Gateway:
                        "model": trace.model, "deployment": trace.deployment, "team": trace.team,
                        "attempts": trace.attempts},
             )  # fmt: skip
+        for finding in trace.findings:
+            self.metrics.guard_findings.labels(finding["detector"], finding["stage"], finding["action"]).inc()
         self.traces.submit(trace)
         if self.otel is not None:
             self.otel.export(trace)
@@ -115,6 +119,10 @@ class Gateway:
 
 async def open_gateway(settings: Settings) -> Gateway:
     """Open the store (migrating it) and build every component."""
+    try:
+        guard = Guard(settings.guard)
+    except ValueError as exc:
+        raise ConfigError(f"guard: {exc}") from None
     store = await open_store(settings.database_url)
     if store.dialect == "postgresql" and not settings.redis.url:
         log.warning(
@@ -155,5 +163,6 @@ async def open_gateway(settings: Settings) -> Gateway:
         metrics=metrics,
         traces=traces,
         otel=OtelExporter(settings.telemetry.otel) if settings.telemetry.otel.endpoint else None,
+        guard=guard,
     )
     return gateway

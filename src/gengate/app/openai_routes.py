@@ -19,8 +19,10 @@ from starlette.responses import Response, StreamingResponse
 
 from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway
+from gengate.app.guarding import GuardRun, StreamGuard, blocked_completion, check_answer, check_messages
 from gengate.app.requests import include_usage, parse_object, validate_chat, validate_embeddings
 from gengate.errors import GengateError, RequestError, UnknownModel, UpstreamError
+from gengate.guard.base import Stage
 from gengate.policy.engine import Admission
 from gengate.policy.pricing import PriceTable, usd
 from gengate.providers.base import Chunk, usage_of
@@ -42,6 +44,7 @@ class Call:
     principal: Principal | None = None
     key: KeyRecord | None = None
     admission: Admission | None = None
+    guard: GuardRun | None = None
 
     @classmethod
     def begin(cls, request: Request, endpoint: str) -> Call:
@@ -120,6 +123,16 @@ async def chat_completions(request: Request) -> Response:
         alias = call.gateway.router.alias(model)
         if alias.kind != "chat":
             raise RequestError(f"model {model!r} is an embedding model", param="model")
+        pipeline = call.gateway.guard.for_team(principal.team)
+        if pipeline is not None:
+            call.guard = GuardRun(call.gateway.guard, pipeline, call.trace)
+            check_messages(call.guard, body["messages"])
+            if call.guard.blocked is not None:
+                call.trace.error_code = "guard_blocked"
+                answer = blocked_completion(call.guard, model)
+                if stream:
+                    return StreamingResponse(_blocked_stream(answer), media_type="text/event-stream")
+                return json_response(answer)
         call.admission = await call.gateway.policy.admit(
             principal,
             call.key,
@@ -143,6 +156,8 @@ async def chat_completions(request: Request) -> Response:
         result = await call.gateway.router.run(model, payload, call.trace.id, "complete", route)
         usage = usage_of(result) or _estimated_usage(payload, result)
         await call.settle(usage, route)
+        if call.guard is not None:
+            _guard_answer(call.guard, result)
         return Response(orjson.dumps(result), media_type="application/json")
     except Exception as exc:
         response = call.fail(exc)
@@ -161,6 +176,86 @@ def _estimated_usage(payload: dict[str, Any], result: dict[str, Any]) -> Usage:
         if isinstance(message, dict) and isinstance(message.get("content"), str):
             text += message["content"]
     return Usage(prompt_tokens=_estimate_prompt(payload), completion_tokens=count_tokens(text))
+
+
+def _guard_answer(run: GuardRun, result: dict[str, Any]) -> None:
+    """Output stage on every choice of a whole answer (tool calls are left to the app's own checks)."""
+    checks = run.pipeline.has(Stage.OUTPUT)
+    restore = run.pipeline.profile.restore_pseudonyms
+    for choice in result.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            continue
+        if checks:
+            message["content"] = check_answer(run, message["content"])
+        elif restore:
+            message["content"] = run.pseudonyms.restore(message["content"])
+        if run.blocked is not None:
+            message.pop("tool_calls", None)
+            choice["finish_reason"] = "stop"
+    if run.blocked is not None:
+        run.trace.error_code = "guard_blocked"
+    if run.trace.findings:
+        result["gengate"] = run.extension()
+
+
+def _guard_chunk(guard: StreamGuard, chunk: Chunk) -> list[Chunk] | None:
+    """What to send for one upstream chunk under output checks (None: the answer is blocked)."""
+    out: list[Chunk] = []
+    choices = []
+    for choice in chunk["choices"]:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict) or choice.get("index", 0) != 0:
+            choices.append(choice)
+            continue
+        delta = dict(delta)
+        content = delta.pop("content", None)
+        if isinstance(content, str) and content:
+            released = guard.feed(content)
+            if released is None:
+                return None
+            if released:
+                delta["content"] = released
+        if choice.get("finish_reason") is not None:
+            tail = guard.finish()
+            if tail is None:
+                return None
+            if tail:
+                out.append(
+                    {**_envelope(chunk), "choices": [{"index": 0, "delta": {"content": tail}, "finish_reason": None}]}
+                )
+        if delta or choice.get("finish_reason") is not None:
+            choices.append({**choice, "delta": delta})
+    if choices:
+        out.append({**chunk, "choices": choices})
+    return out
+
+
+def _guard_blocked_tail(guard: StreamGuard, chunk: Chunk) -> list[bytes]:
+    base = _envelope(chunk)
+    guard.run.trace.error_code = "guard_blocked"
+    return [
+        _sse({**base, "choices": [{"index": 0, "delta": {"content": guard.run.block_text()}, "finish_reason": None}]}),
+        _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        _sse({**base, "choices": [], "gengate": guard.run.extension()}),
+    ]
+
+
+async def _blocked_stream(answer: dict[str, Any]) -> AsyncIterator[bytes]:
+    """A blocked request answered as a stream: the template as one delta, then the reason."""
+    base = {
+        "id": answer["id"],
+        "object": "chat.completion.chunk",
+        "created": answer["created"],
+        "model": answer["model"],
+    }
+    text = answer["choices"][0]["message"]["content"]
+    yield _sse(
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]}
+    )
+    yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    yield _sse({**base, "choices": [], "gengate": answer["gengate"]})
+    yield b"data: [DONE]\n\n"
 
 
 def _envelope(chunk: Chunk) -> Chunk:
@@ -188,6 +283,12 @@ async def _relay(
     payload: dict[str, Any],
 ) -> AsyncIterator[bytes]:
     """Forward stream chunks as SSE, keep the usage, settle and trace whatever happens."""
+    run = call.guard
+    guard = (
+        StreamGuard(run, call.gateway.settings.guard.hold_back_chars)
+        if run and run.pipeline.has(Stage.OUTPUT)
+        else None
+    )
     usage: Usage | None = None
     pieces: list[str] = []
     finished = False
@@ -205,12 +306,31 @@ async def _relay(
                         call.trace.ttft_ms = (time.perf_counter() - call.started) * 1000
                     if isinstance(delta.get("content"), str):
                         pieces.append(delta["content"])
-            if want_usage or "usage" not in chunk:
+            last = chunk
+            if guard is not None and chunk.get("choices"):
+                outgoing = _guard_chunk(guard, chunk)
+                if outgoing is None:  # blocked: the template ends the stream, the upstream is closed
+                    for blocked in _guard_blocked_tail(guard, chunk):
+                        yield blocked
+                    break
+                for item in outgoing:
+                    yield _sse(item)
+            elif want_usage or "usage" not in chunk:
                 yield _sse(chunk)
             elif chunk.get("choices"):
                 yield _sse({k: v for k, v in chunk.items() if k != "usage"})
-            last = chunk
             chunk = await anext(rest, None)
+        if guard is not None and not guard.run.blocked:
+            tail = guard.finish()
+            if tail is None:
+                for blocked in _guard_blocked_tail(guard, last):
+                    yield blocked
+            elif tail:
+                yield _sse(
+                    {**_envelope(last), "choices": [{"index": 0, "delta": {"content": tail}, "finish_reason": None}]}
+                )
+            if guard.run.trace.findings:
+                yield _sse({**_envelope(last), "choices": [], "gengate": guard.run.extension()})
         if usage is None:
             # Some servers ignore include_usage: account (and, if asked, report) gengate's own count.
             usage = Usage(prompt_tokens=_estimate_prompt(payload), completion_tokens=count_tokens("".join(pieces)))

@@ -19,7 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gengate.errors import ConfigError
-from gengate.store.schema import MIGRATIONS, api_keys, metadata, requests, schema_version
+from gengate.store.schema import MIGRATIONS, api_keys, guard_findings, metadata, requests, schema_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +155,20 @@ class Store:
 
     # -- request log --------------------------------------------------------------------------------------
 
-    async def write_requests(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert a batch of trace records in one transaction."""
-        if rows:
+    async def write_requests(self, rows: Sequence[dict[str, Any]], findings: Sequence[dict[str, Any]] = ()) -> None:
+        """Insert a batch of trace records (and their guard findings) in one transaction."""
+        if rows or findings:
             async with self.engine.begin() as conn:
-                await conn.execute(requests.insert(), list(rows))
+                if rows:
+                    await conn.execute(requests.insert(), list(rows))
+                if findings:
+                    await conn.execute(guard_findings.insert(), list(findings))
+
+    async def findings_for(self, request_id: str) -> list[dict[str, Any]]:
+        """Guard findings recorded for one request."""
+        query = sa.select(guard_findings).where(guard_findings.c.request_id == request_id).order_by(guard_findings.c.id)
+        async with self.engine.connect() as conn:
+            return [_plain(r) for r in (await conn.execute(query)).all()]
 
     async def recent_requests(
         self, *, limit: int = 50, team: str | None = None, since: float | None = None

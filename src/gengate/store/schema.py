@@ -66,9 +66,35 @@ schema_version = sa.Table(
 )
 
 
+guard_findings = sa.Table(
+    "guard_findings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("team", sa.String(200), nullable=True),
+    sa.Column("profile", sa.String(200), nullable=False),
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("detector", sa.String(64), nullable=False),
+    sa.Column("detector_version", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("span_start", sa.Integer, nullable=False),
+    sa.Column("span_end", sa.Integer, nullable=False),
+    sa.Column("value_hash", sa.String(32), nullable=True),  # keyed hash, never the value
+)
+sa.Index("ix_guard_findings_request", guard_findings.c.request_id)
+sa.Index("ix_guard_findings_ts", guard_findings.c.ts)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[api_keys, requests])
 
 
 # Append-only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]
+def _v2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[guard_findings])
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]

@@ -37,6 +37,10 @@ class Metrics:
         self.limit_rejections = Counter(
             "gengate_limit_rejections", "Requests refused by policy", ["team", "reason"], registry=r
         )
+        self.guard_findings = Counter(
+            "gengate_guard_findings", "Guard findings by detector, stage and action", ["detector", "stage", "action"],
+            registry=r,
+        )  # fmt: skip
         self.log_dropped = Counter("gengate_log_dropped", "Trace records that could not be written", registry=r)
         self._children: dict[tuple[str, str, str, int], tuple[Any, ...]] = {}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from gengate.store.db import Store
@@ -43,9 +43,11 @@ class TraceRecord:
     attempts: int = 0
     fallbacks: int = 0
     client_disconnected: bool = False
+    # Guard findings (already free of raw values); written to their own table, not a column.
+    findings: list[dict[str, Any]] = field(default_factory=list)
 
 
-_FIELDS = tuple(f.name for f in fields(TraceRecord))
+_FIELDS = tuple(f.name for f in fields(TraceRecord) if f.name != "findings")
 
 
 def _row(record: TraceRecord) -> dict[str, Any]:
@@ -91,7 +93,7 @@ class TraceWriter:
                 self._pending[self._batch_size * 10 :],
             )
             try:
-                await self._store.write_requests([_row(r) for r in batch])
+                await self._store.write_requests([_row(r) for r in batch], [f for r in batch for f in r.findings])
             except Exception:
                 # Put the batch back and let the next round retry; the database may be restarting.
                 log.exception("writing %d trace records failed; will retry", len(batch))

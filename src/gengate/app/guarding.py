@@ -1,0 +1,192 @@
+"""Running the guard pipeline on OpenAI requests and answers: input and context stages on messages, the output
+stage on answers (whole, or streamed with a hold-back window), templated answers when a check blocks.
+
+Owns: where text lives in OpenAI payloads, the blocked-answer shape (with its machine-readable reason in the
+`gengate` extension field), turning findings into trace records without raw values.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gengate.guard.base import Stage
+from gengate.guard.pipeline import Guard, GuardPipeline, Pseudonyms, StageResult
+from gengate.telemetry.traces import TraceRecord
+
+# Which stage a message's text belongs to: users speak at input; tool results are retrieved context.
+_STAGE_OF_ROLE = {"user": Stage.INPUT, "tool": Stage.CONTEXT, "function": Stage.CONTEXT}
+CONTEXT_REMOVED = "[content removed by gengate: it failed a guard check]"
+
+
+@dataclass
+class GuardRun:
+    """Guard state for one request."""
+
+    guard: Guard
+    pipeline: GuardPipeline
+    trace: TraceRecord
+    pseudonyms: Pseudonyms = field(default_factory=Pseudonyms)
+    system_prompt: str = ""
+    blocked: StageResult | None = None
+
+    def record(self, result: StageResult, text: str) -> None:
+        """Note a stage's findings on the trace (type, span, score and a keyed hash — never the value)."""
+        for item in result.findings:
+            f = item.finding
+            value = text[f.start : f.end] if not f.whole_text else ""
+            self.trace.findings.append(
+                {
+                    "request_id": self.trace.id, "ts": time.time(), "team": self.trace.team,
+                    "profile": self.pipeline.name, "stage": result.stage.value, "detector": f.detector,
+                    "detector_version": self._version(f.detector), "label": f.label, "action": item.action,
+                    "score": round(float(f.score), 4), "span_start": f.start, "span_end": f.end,
+                    "value_hash": self.pipeline.fingerprint(value) if value else None,
+                }
+            )  # fmt: skip
+
+    def _version(self, detector: str) -> str:
+        return self.pipeline.detector_versions.get(detector, "")
+
+    def block_text(self) -> str:
+        """The approved response for the block that happened."""
+        assert self.blocked is not None
+        return self.guard.block_text(self.pipeline, self.blocked, self.trace.id)
+
+    def extension(self) -> dict[str, Any]:
+        """The `gengate` extension field of an answer."""
+        findings = [
+            {"stage": f["stage"], "label": f["label"], "action": f["action"], "score": f["score"]}
+            for f in self.trace.findings
+        ]
+        guard: dict[str, Any] = {"profile": self.pipeline.name, "findings": findings}
+        if self.blocked is not None:
+            guard["action"] = "blocked"
+            guard["reason"] = self.blocked.reason
+        return {"guard": guard}
+
+
+def _text_parts(message: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
+    """(container, key) pairs whose value is a text to check inside one message."""
+    content = message.get("content")
+    if isinstance(content, str):
+        yield message, "content"
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                yield part, "text"
+
+
+def check_messages(run: GuardRun, messages: list[dict[str, Any]]) -> None:
+    """Input stage on user messages, context stage on tool results; redacts in place; sets `run.blocked`."""
+    run.system_prompt = "\n".join(
+        str(m.get("content"))
+        for m in messages
+        if m.get("role") in ("system", "developer") and isinstance(m.get("content"), str)
+    )
+    for message in messages:
+        stage = _STAGE_OF_ROLE.get(str(message.get("role")))
+        if stage is None or not run.pipeline.has(stage):
+            continue
+        for container, key in _text_parts(message):
+            text = container[key]
+            result = run.pipeline.scan(stage, text, pseudonyms=run.pseudonyms)
+            run.record(result, text)
+            if result.blocked and stage is Stage.CONTEXT:
+                container[key] = CONTEXT_REMOVED  # indirect injection: drop the document, keep the conversation
+            elif result.blocked:
+                run.blocked = result
+                return
+            else:
+                container[key] = result.text
+
+
+def check_answer(run: GuardRun, text: str) -> str:
+    """Output stage on a whole answer: the text to send (template if blocked, redacted, pseudonyms restored)."""
+    result = run.pipeline.scan(Stage.OUTPUT, text, system_prompt=run.system_prompt, pseudonyms=run.pseudonyms)
+    run.record(result, text)
+    if result.blocked:
+        run.blocked = result
+        return run.block_text()
+    return run.pseudonyms.restore(result.text) if run.pipeline.profile.restore_pseudonyms else result.text
+
+
+def blocked_completion(run: GuardRun, model: str) -> dict[str, Any]:
+    """A complete chat.completion answering with the approved template."""
+    return {
+        "id": f"chatcmpl-{run.trace.id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": run.block_text()}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "gengate": run.extension(),
+    }
+
+
+class StreamGuard:
+    """Output stage for streams: holds back a window of text and releases only what passed.
+
+    Each time new text arrives the whole answer so far is checked; everything but the last `hold_back`
+    characters is released. A block ends the stream with the template: nothing unchecked was sent, and text
+    already released had passed every check with at least `hold_back` characters of look-ahead.
+    """
+
+    def __init__(self, run: GuardRun, hold_back: int) -> None:
+        self.run = run
+        self.hold_back = hold_back
+        self._text = ""
+        self._released = 0
+        self._clean = ""  # redacted view of the whole answer at the last check
+        self._finished = False
+
+    def _check(self) -> bool:
+        result = self.run.pipeline.scan(
+            Stage.OUTPUT, self._text, system_prompt=self.run.system_prompt, pseudonyms=self.run.pseudonyms
+        )
+        if result.blocked:
+            self.run.record(result, self._text)
+            self.run.blocked = result
+            return False
+        self._clean = result.text
+        self._last = result
+        return True
+
+    _last: StageResult
+
+    def feed(self, piece: str) -> str | None:
+        """Add streamed text; return what may be released now ('' for nothing), or None if blocked."""
+        self._text += piece
+        if len(self._text) - self._released <= self.hold_back:
+            return ""
+        if not self._check():
+            return None
+        return self._release(len(self._clean) - self.hold_back)
+
+    def finish(self) -> str | None:
+        """The stream ended: check everything and release the rest (None if blocked)."""
+        if self._finished or not self._text:
+            return ""
+        self._finished = True
+        if not self._check():
+            return None
+        self.run.record(self._last, self._text)
+        return self._release(len(self._clean))
+
+    def _release(self, upto: int) -> str:
+        if upto < len(self._clean):
+            # Never cut through a pseudonym placeholder such as <EMAIL_1>: it could not be restored.
+            opening = self._clean.rfind("<", self._released, upto)
+            if opening != -1 and self._clean.find(">", opening, upto) == -1:
+                upto = opening
+        if upto <= self._released:
+            return ""
+        out = self._clean[self._released : upto]
+        self._released = upto
+        if self.run.pipeline.profile.restore_pseudonyms:
+            out = self.run.pseudonyms.restore(out)
+        return out
