@@ -122,6 +122,7 @@ async def _request(request: Request, gateway: Gateway) -> Response:
     row = await gateway.store.get_request(request.path_params["request_id"])
     if row is None:
         return error_response(NotFound("no such request"))
+    row["guard_findings"] = await gateway.store.findings_for(row["id"])
     return json_response(row)
 
 
