@@ -1,0 +1,208 @@
+"""Score the offline PII detector on presidio-synth-pii under the strict rule in DESIGN.md, and time it.
+
+Strict rule: type-agnostic, one-to-one matching of predicted and gold spans at character IoU >= 0.5 (greedy by
+IoU), every prediction the detector returns counted (no score floor). Split: by `template_id` — templates with
+`template_id % 3 == 0` are held out (test), the rest are the dev part used for tuning. Two gold sets are
+reported: `in_scope` (gold types the detector claims: PERSON, STREET_ADDRESS, CREDIT_CARD, PHONE_NUMBER,
+EMAIL_ADDRESS, IBAN_CODE, US_SSN, IP_ADDRESS) and `all` (every gold span, incl. GPE, ORGANIZATION, DATE_TIME,
+TITLE, AGE, NRP, ZIP_CODE, DOMAIN_NAME, US_DRIVER_LICENSE, which it does not try to find). The gazetteer
+comes from Faker; since the dataset was generated with Faker names, `gazetteer=held_out_removed` drops every
+word of the test split's gold PERSON/STREET_ADDRESS spans from the gazetteer, to show what is not memorisation.
+
+    python bench/guard_pii_eval.py [--dataset PATH] [--split test|dev|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from gengate.guard.base import ScanRequest
+from gengate.guard.detectors.pii import PiiDetector
+from gengate.guard.detectors.pii_names import Gazetteer
+
+SHARED = Path(os.environ.get("GENGATE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+DATASET = SHARED / "datasets/presidio-synth-pii/original/data/synth_dataset_v2.json"
+RESULTS = Path(__file__).parent / "results" / "guard_pii.json"
+IN_SCOPE = frozenset(
+    {"PERSON", "STREET_ADDRESS", "CREDIT_CARD", "PHONE_NUMBER", "EMAIL_ADDRESS", "IBAN_CODE", "US_SSN", "IP_ADDRESS"}
+)
+Span = tuple[int, int]
+
+
+def in_test(template_id: int) -> bool:
+    """The held-out part of the split."""
+    return template_id % 3 == 0
+
+
+def iou(a: Span, b: Span) -> float:
+    inter = max(0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union else 0.0
+
+
+def match(pred: list[Span], gold: list[Span]) -> list[tuple[int, int]]:
+    """One-to-one pairs (pred index, gold index) with IoU >= 0.5, greedy by IoU."""
+    pairs = sorted(
+        ((iou(p, g), i, j) for i, p in enumerate(pred) for j, g in enumerate(gold) if iou(p, g) >= 0.5),
+        reverse=True,
+    )
+    used_p: set[int] = set()
+    used_g: set[int] = set()
+    out = []
+    for _, i, j in pairs:
+        if i not in used_p and j not in used_g:
+            used_p.add(i)
+            used_g.add(j)
+            out.append((i, j))
+    return out
+
+
+def prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    f2 = 5 * p * r / (4 * p + r) if p + r else 0.0
+    return {
+        "precision": round(p, 3),
+        "recall": round(r, 3),
+        "f2": round(f2, 3),
+        "tp": tp,
+        "pred": n_pred,
+        "gold": n_gold,
+    }
+
+
+def evaluate(detector: PiiDetector, rows: list[dict[str, object]], scope: frozenset[str] | None) -> dict[str, object]:
+    """Strict span scores overall and per gold type."""
+    tp = n_pred = n_gold = 0
+    per_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # type -> [tp, gold]
+    per_label: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # predicted label -> [tp, pred]
+    errors: list[dict[str, object]] = []
+    for row in rows:
+        text = str(row["full_text"])
+        gold_rows = [s for s in row["spans"] if scope is None or s["entity_type"] in scope]  # type: ignore[union-attr]
+        gold = [(s["start_position"], s["end_position"]) for s in gold_rows]
+        findings = detector.scan(ScanRequest(text))
+        pred = [(f.start, f.end) for f in findings]
+        pairs = match(pred, gold)
+        tp += len(pairs)
+        n_pred += len(pred)
+        n_gold += len(gold)
+        matched_g = {j for _, j in pairs}
+        matched_p = {i for i, _ in pairs}
+        for j, s in enumerate(gold_rows):
+            per_type[s["entity_type"]][1] += 1
+            per_type[s["entity_type"]][0] += j in matched_g
+        for i, f in enumerate(findings):
+            per_label[f.label][1] += 1
+            per_label[f.label][0] += i in matched_p
+        if len(matched_g) < len(gold) or len(matched_p) < len(pred):
+            errors.append(
+                {
+                    "text": text,
+                    "missed": [
+                        (s["entity_type"], text[g[0] : g[1]])
+                        for j, (s, g) in enumerate(zip(gold_rows, gold, strict=True))
+                        if j not in matched_g
+                    ],
+                    "spurious": [
+                        (f.label, text[f.start : f.end]) for i, f in enumerate(findings) if i not in matched_p
+                    ],
+                }
+            )
+    return {
+        "overall": prf(tp, n_pred, n_gold),
+        "recall_per_gold_type": {
+            k: {"recall": round(v[0] / v[1], 3), "gold": v[1]} for k, v in sorted(per_type.items())
+        },
+        "precision_per_label": {
+            k: {"precision": round(v[0] / v[1], 3), "pred": v[1]} for k, v in sorted(per_label.items())
+        },
+        "errors": errors,
+    }
+
+
+def latency(detector: PiiDetector, rows: list[dict[str, object]], size: int, n: int = 200) -> dict[str, float]:
+    """p50/p95 milliseconds to scan texts of about `size` characters built from dataset sentences."""
+    rng = random.Random(size)
+    texts = []
+    for _ in range(n):
+        parts: list[str] = []
+        while sum(len(p) + 1 for p in parts) < size:
+            parts.append(str(rng.choice(rows)["full_text"]))
+        texts.append(" ".join(parts)[:size])
+    times = []
+    for text in texts:
+        t0 = time.perf_counter()
+        detector.scan(ScanRequest(text))
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return {"p50_ms": round(statistics.median(times), 3), "p95_ms": round(times[int(0.95 * len(times)) - 1], 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, default=DATASET)
+    parser.add_argument("--split", choices=("test", "dev", "all"), default="test")
+    parser.add_argument("--errors", type=int, default=0, help="print this many error rows")
+    args = parser.parse_args()
+    data = json.loads(args.dataset.read_text(encoding="utf-8"))
+    rows = [r for r in data if args.split == "all" or in_test(int(r["template_id"])) == (args.split == "test")]
+    templates = len({r["template_id"] for r in rows})
+    held_words = frozenset(
+        w.lower()
+        for r in data
+        if in_test(int(r["template_id"]))
+        for s in r["spans"]
+        if s["entity_type"] in ("PERSON", "STREET_ADDRESS")
+        for w in re.findall(r"[^\W\d_]+", s["entity_value"])
+    )
+    shipped = Gazetteer.shipped()
+    configs = {
+        "gazetteer=shipped": PiiDetector(gazetteer=shipped),
+        "gazetteer=held_out_removed": PiiDetector(gazetteer=shipped.without(held_words)),
+    }
+    report: dict[str, object] = {"split": args.split, "rows": len(rows), "templates": templates, "results": {}}
+    print(f"presidio-synth-pii split={args.split} rows={len(rows)} templates={templates} (test = template_id % 3 == 0)")
+    print(f"{'config':28} {'gold':9} {'P':>6} {'R':>6} {'F2':>6} {'tp':>5} {'pred':>5} {'gold':>5}")
+    per_type_print = None
+    for name, det in configs.items():
+        for scope_name, scope in (("in_scope", IN_SCOPE), ("all", None)):
+            res = evaluate(det, rows, scope)
+            o = res["overall"]
+            assert isinstance(o, dict)
+            scores = f"{o['precision']:6.3f} {o['recall']:6.3f} {o['f2']:6.3f}"
+            counts = f"{o['tp']:5} {o['pred']:5} {o['gold']:5}"
+            print(f"{name:28} {scope_name:9} {scores} {counts}")
+            errors = res.pop("errors")
+            report["results"][f"{name}/{scope_name}"] = res  # type: ignore[index]
+            if name == "gazetteer=shipped" and scope_name == "in_scope":
+                per_type_print = res
+                shown = errors[: args.errors] if isinstance(errors, list) else []
+    assert per_type_print is not None
+    print("\nrecall per gold type (gazetteer=shipped):")
+    for k, v in per_type_print["recall_per_gold_type"].items():  # type: ignore[attr-defined]
+        print(f"  {k:16} {v['recall']:6.3f}  (n={v['gold']})")
+    print("precision per predicted label:")
+    for k, v in per_type_print["precision_per_label"].items():  # type: ignore[attr-defined]
+        print(f"  {k:22} {v['precision']:6.3f}  (n={v['pred']})")
+    det = configs["gazetteer=shipped"]
+    lat = {f"{size // 1024}KB": latency(det, data, size) for size in (1024, 8192)}
+    report["latency"] = lat
+    print("latency:", lat)
+    for e in shown:
+        print(json.dumps(e, ensure_ascii=False))
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
