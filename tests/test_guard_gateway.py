@@ -168,3 +168,64 @@ def test_guard_cli(tmp_path, command: list[str]) -> None:  # type: ignore[no-unt
         assert result.exit_code == 0 and "profile support" in result.output and "injection v" in result.output
     else:
         assert result.exit_code == 2 and '"reason": "input.injection"' in result.output
+
+
+def _judge_profile(on_error: str = "closed", timeout: float = 2.0) -> dict[str, object]:
+    return {
+        "models": {"judge": {"deployments": [{"provider": "fake", "model": "judge-model"}]}},
+        "pricing": {"judge-model": {"input": 1.0, "output": 1.0}},
+        "guard": {
+            "default_profile": "p",
+            "profiles": {
+                "p": {
+                    "on_error": on_error,
+                    "judge": {"model": "judge", "timeout": timeout},
+                    "input": [
+                        {"detector": "competitors", "options": {"competitors": ["Globex"]}, "action": "escalate"}
+                    ],
+                }
+            },
+        },
+    }
+
+
+def test_escalated_text_is_blocked_only_when_the_judge_confirms(make_gateway, upstream: FakeUpstream) -> None:
+    gw = make_gateway(_judge_profile())
+    key = gw.create_key("team-a")
+    question = [{"role": "user", "content": "Is Globex cheaper than you? Tell me to switch."}]
+    upstream.queue("judge-model", Step(content="VIOLATION", usage={"prompt_tokens": 50, "completion_tokens": 1}))
+    blocked = _chat(gw, key, question).json()
+    assert blocked["gengate"]["guard"]["action"] == "blocked"
+    assert upstream.calls_for("fake-model") == 0 and upstream.calls_for("judge-model") == 1
+    judge_request = upstream.requests[-1]
+    assert (
+        "competitor" in judge_request["messages"][0]["content"] and "Globex" in judge_request["messages"][1]["content"]
+    )
+
+    upstream.queue("judge-model", Step(content="OK"))
+    allowed = _chat(gw, key, [{"role": "user", "content": "We moved here from Globex last year, thanks!"}])
+    assert allowed.json()["choices"][0]["message"]["content"] == "Hello from the fake upstream."
+    labels = [f["label"] for f in allowed.json()["gengate"]["guard"]["findings"]]
+    assert labels == ["competitor", "judge.ok"]
+    time.sleep(0.3)
+    with gw.admin() as admin:
+        record = admin.get(f"/admin/requests/{blocked['id'].removeprefix('chatcmpl-')}").json()
+    assert record["cost_usd"] > 0  # the judge's tokens are accounted to the caller
+
+
+@pytest.mark.parametrize(("on_error", "blocked"), [("closed", True), ("open", False)])
+def test_judge_timeout_follows_fail_policy(make_gateway, upstream: FakeUpstream, on_error: str, blocked: bool) -> None:
+    gw = make_gateway(_judge_profile(on_error, timeout=0.3))
+    upstream.queue("judge-model", Step(delay=2, content="VIOLATION"))
+    resp = _chat(gw, gw.create_key("team-a"), [{"role": "user", "content": "Globex?"}]).json()
+    assert (resp.get("gengate", {}).get("guard", {}).get("action") == "blocked") is blocked
+
+
+def test_escalate_without_a_judge_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from gengate.errors import ConfigError
+    from gengate.settings import load_settings
+
+    path = tmp_path / "g.yaml"
+    path.write_text("guard:\n  profiles:\n    p:\n      input: [{detector: competitors, action: escalate}]\n")
+    with pytest.raises(ConfigError, match="need a judge"):
+        load_settings(path, environ={})

@@ -237,11 +237,19 @@ class GuardRule(_Model):
 
     detector: str
     options: dict[str, Any] = {}
-    action: Literal["block", "redact", "flag"] = "flag"
+    action: Literal["block", "redact", "flag", "escalate"] = "flag"
     labels: list[str] | None = None  # label prefixes that count (None: all of the detector's)
     min_score: float = Field(0.0, ge=0, le=1)
     template: str | None = None  # for block (default: the profile's block template)
     redaction: Literal["mask", "pseudonymise"] = "mask"
+
+
+class JudgeSettings(_Model):
+    """A second-opinion model for `escalate` rules: one extra call per escalated text, opt-in."""
+
+    model: str  # a model alias from `models`
+    timeout: float = Field(10.0, gt=0)
+    max_tokens: int = Field(8, ge=1)
 
 
 class GuardProfile(_Model):
@@ -253,6 +261,14 @@ class GuardProfile(_Model):
     block_template: str = "blocked"
     on_error: Literal["open", "closed"] = "closed"  # a detector that fails: allow (open) or block (closed)
     restore_pseudonyms: bool = True  # put pseudonymised values back into the answer for the same caller
+    judge: JudgeSettings | None = None
+
+    @model_validator(mode="after")
+    def _judge_for_escalation(self) -> GuardProfile:
+        escalates = any(r.action == "escalate" for r in (*self.input, *self.context, *self.output))
+        if escalates and self.judge is None:
+            raise ValueError("rules with action 'escalate' need a judge (judge.model)")
+        return self
 
 
 class TemplateSlot(_Model):
@@ -318,6 +334,9 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _references_exist(self) -> Settings:
+        for pname, profile in self.guard.profiles.items():
+            if profile.judge is not None and profile.judge.model not in self.models:
+                raise ValueError(f"guard.profiles.{pname}.judge.model: unknown model {profile.judge.model!r}")
         for alias, spec in self.models.items():
             for i, dep in enumerate(spec.deployments):
                 if dep.provider not in self.providers:

@@ -7,18 +7,35 @@ Owns: where text lives in OpenAI payloads, the blocked-answer shape (with its ma
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from gengate.guard.base import Stage
-from gengate.guard.pipeline import Guard, GuardPipeline, Pseudonyms, StageResult
+from gengate.errors import GengateError
+from gengate.guard.base import Finding, Stage
+from gengate.guard.pipeline import Guard, GuardPipeline, Pseudonyms, RuleFinding, StageResult
+from gengate.policy.pricing import usd
 from gengate.telemetry.traces import TraceRecord
 
 # Which stage a message's text belongs to: users speak at input; tool results are retrieved context.
 _STAGE_OF_ROLE = {"user": Stage.INPUT, "tool": Stage.CONTEXT, "function": Stage.CONTEXT}
 CONTEXT_REMOVED = "[content removed by gengate: it failed a guard check]"
+
+
+JUDGE_PROMPT_VERSION = "judge-v1"
+JUDGE_PROMPT = (
+    "You review text for an organisation's AI assistant. Automated checks flagged it for: {concerns}. "
+    "Decide whether the text really does this (a mention, a refusal or a neutral fact does not count). "
+    "Answer with exactly one word: VIOLATION or OK."
+)
+
+
+class Judge(Protocol):
+    """Calls the judge model: (model alias, request body) → (answer text, cost in nano-dollars)."""
+
+    async def __call__(self, model: str, payload: dict[str, Any]) -> tuple[str, int]: ...
 
 
 @dataclass
@@ -28,6 +45,7 @@ class GuardRun:
     guard: Guard
     pipeline: GuardPipeline
     trace: TraceRecord
+    judge: Judge | None = None
     pseudonyms: Pseudonyms = field(default_factory=Pseudonyms)
     system_prompt: str = ""
     blocked: StageResult | None = None
@@ -68,6 +86,56 @@ class GuardRun:
         return {"guard": guard}
 
 
+def _verdict(answer: str) -> bool | None:
+    words = answer.strip().upper().split()
+    if not words:
+        return None
+    first = words[0].strip(".:!*\"'")
+    return True if first.startswith("VIOLATION") else False if first == "OK" else None
+
+
+async def escalate(run: GuardRun, result: StageResult, text: str) -> None:
+    """Ask the profile's judge about escalated findings; a VIOLATION blocks, OK lets the text through.
+
+    A judge that fails, times out or answers out of format follows the profile's fail-open/closed policy.
+    """
+    judge_settings = run.pipeline.profile.judge
+    if not result.escalations or result.blocked or judge_settings is None or run.judge is None:
+        return
+    concerns = ", ".join(sorted({f.finding.label for f in result.escalations}))
+    payload = {
+        "messages": [
+            {"role": "system", "content": JUDGE_PROMPT.format(concerns=concerns)},
+            {"role": "user", "content": text[:8000]},
+        ],
+        "max_tokens": judge_settings.max_tokens,
+        "temperature": 0,
+    }
+    verdict: bool | None
+    try:
+        answer, cost = await asyncio.wait_for(run.judge(judge_settings.model, payload), judge_settings.timeout)
+        run.trace.cost_usd += usd(cost)
+        verdict = _verdict(answer)
+    except (TimeoutError, GengateError) as exc:
+        result.errors.append(f"judge: {type(exc).__name__}")
+        verdict = None
+    if verdict is None:
+        verdict = run.pipeline.profile.on_error == "closed"
+        result.errors.append("judge: no usable verdict")
+    label = f"judge.{'violation' if verdict else 'ok'}"
+    first = result.escalations[0]
+    judged = RuleFinding(
+        Finding(label, 0, 0, 1.0 if verdict else 0.0, "judge", f"{JUDGE_PROMPT_VERSION} on {concerns}"),
+        first.rule, first.index,
+    )  # fmt: skip
+    result.findings.append(judged)
+    if verdict:
+        result.blocked_by = RuleFinding(
+            Finding(first.finding.label, 0, 0, first.finding.score, "judge", "confirmed by the judge"),
+            first.rule.model_copy(update={"action": "block"}), first.index,
+        )  # fmt: skip
+
+
 def _text_parts(message: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
     """(container, key) pairs whose value is a text to check inside one message."""
     content = message.get("content")
@@ -79,7 +147,7 @@ def _text_parts(message: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
                 yield part, "text"
 
 
-def check_messages(run: GuardRun, messages: list[dict[str, Any]]) -> None:
+async def check_messages(run: GuardRun, messages: list[dict[str, Any]]) -> None:
     """Input stage on user messages, context stage on tool results; redacts in place; sets `run.blocked`."""
     run.system_prompt = "\n".join(
         str(m.get("content"))
@@ -93,6 +161,7 @@ def check_messages(run: GuardRun, messages: list[dict[str, Any]]) -> None:
         for container, key in _text_parts(message):
             text = container[key]
             result = run.pipeline.scan(stage, text, pseudonyms=run.pseudonyms)
+            await escalate(run, result, text)
             run.record(result, text)
             if result.blocked and stage is Stage.CONTEXT:
                 container[key] = CONTEXT_REMOVED  # indirect injection: drop the document, keep the conversation
@@ -103,9 +172,10 @@ def check_messages(run: GuardRun, messages: list[dict[str, Any]]) -> None:
                 container[key] = result.text
 
 
-def check_answer(run: GuardRun, text: str) -> str:
+async def check_answer(run: GuardRun, text: str) -> str:
     """Output stage on a whole answer: the text to send (template if blocked, redacted, pseudonyms restored)."""
     result = run.pipeline.scan(Stage.OUTPUT, text, system_prompt=run.system_prompt, pseudonyms=run.pseudonyms)
+    await escalate(run, result, text)
     run.record(result, text)
     if result.blocked:
         run.blocked = result

@@ -19,9 +19,9 @@ from starlette.responses import Response, StreamingResponse
 
 from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway
-from gengate.app.guarding import GuardRun, StreamGuard, blocked_completion, check_answer, check_messages
+from gengate.app.guarding import GuardRun, Judge, StreamGuard, blocked_completion, check_answer, check_messages
 from gengate.app.requests import include_usage, parse_object, validate_chat, validate_embeddings
-from gengate.errors import GengateError, RequestError, UnknownModel, UpstreamError
+from gengate.errors import GengateError, PricingMissing, RequestError, UnknownModel, UpstreamError
 from gengate.guard.base import Stage
 from gengate.policy.engine import Admission
 from gengate.policy.pricing import PriceTable, usd
@@ -125,8 +125,8 @@ async def chat_completions(request: Request) -> Response:
             raise RequestError(f"model {model!r} is an embedding model", param="model")
         pipeline = call.gateway.guard.for_team(principal.team)
         if pipeline is not None:
-            call.guard = GuardRun(call.gateway.guard, pipeline, call.trace)
-            check_messages(call.guard, body["messages"])
+            call.guard = GuardRun(call.gateway.guard, pipeline, call.trace, judge=_judge_for(call))
+            await check_messages(call.guard, body["messages"])
             if call.guard.blocked is not None:
                 call.trace.error_code = "guard_blocked"
                 answer = blocked_completion(call.guard, model)
@@ -157,7 +157,7 @@ async def chat_completions(request: Request) -> Response:
         usage = usage_of(result) or _estimated_usage(payload, result)
         await call.settle(usage, route)
         if call.guard is not None:
-            _guard_answer(call.guard, result)
+            await _guard_answer(call.guard, result)
         return Response(orjson.dumps(result), media_type="application/json")
     except Exception as exc:
         response = call.fail(exc)
@@ -178,7 +178,29 @@ def _estimated_usage(payload: dict[str, Any], result: dict[str, Any]) -> Usage:
     return Usage(prompt_tokens=_estimate_prompt(payload), completion_tokens=count_tokens(text))
 
 
-def _guard_answer(run: GuardRun, result: dict[str, Any]) -> None:
+def _judge_for(call: Call) -> Judge:
+    """The judge callable for `escalate` rules: a routed call whose cost is charged to the caller."""
+    gateway = call.gateway
+
+    async def judge(model: str, payload: dict[str, Any]) -> tuple[str, int]:
+        assert call.principal is not None
+        route = RouteLog()
+        body = await gateway.router.run(model, payload, f"{call.trace.id}-judge", "complete", route)
+        usage = usage_of(body) or _estimated_usage(payload, body)
+        price = gateway.prices.lookup(route.deployment, model) if route.deployment is not None else None
+        if price is None and gateway.policy.has_budget(call.principal, call.key):
+            raise PricingMissing(f"judge model {model!r} has no price and a budget applies")
+        cost = PriceTable.cost_nanos(price, usage) if price is not None else 0
+        await gateway.policy.charge(call.principal, call.key, cost)
+        choices = body.get("choices") or [{}]
+        message = choices[0].get("message") if isinstance(choices[0], dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        return (content if isinstance(content, str) else ""), cost
+
+    return judge
+
+
+async def _guard_answer(run: GuardRun, result: dict[str, Any]) -> None:
     """Output stage on every choice of a whole answer (tool calls are left to the app's own checks)."""
     checks = run.pipeline.has(Stage.OUTPUT)
     restore = run.pipeline.profile.restore_pseudonyms
@@ -187,7 +209,7 @@ def _guard_answer(run: GuardRun, result: dict[str, Any]) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             continue
         if checks:
-            message["content"] = check_answer(run, message["content"])
+            message["content"] = await check_answer(run, message["content"])
         elif restore:
             message["content"] = run.pseudonyms.restore(message["content"])
         if run.blocked is not None:

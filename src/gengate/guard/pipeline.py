@@ -4,7 +4,7 @@ Each profile is an ordered list of rules per stage; each rule is a detector plus
 trigger. `explain()` prints the pipeline exactly as built (`gengate guard explain`).
 
 Owns: building detectors, running them with the fail-open/closed policy, turning findings into one decision,
-redaction and pseudonymisation. Must not: do I/O.
+redaction and pseudonymisation. Must not: do I/O (judge calls for `escalate` rules are the caller's).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class RuleFinding:
 
     @property
     def action(self) -> str:
-        """block | redact | flag."""
+        """block | redact | flag | escalate."""
         return self.rule.action
 
 
@@ -46,6 +46,7 @@ class StageResult:
     text: str  # the text to use from here on (redacted when a redact rule fired)
     findings: list[RuleFinding] = field(default_factory=list)
     blocked_by: RuleFinding | None = None
+    escalations: list[RuleFinding] = field(default_factory=list)  # for the judge (the caller does the I/O)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -150,6 +151,8 @@ class GuardPipeline:
                     result.blocked_by = item
                 elif rule.action == "redact":
                     redactions.append(item)
+                elif rule.action == "escalate":
+                    result.escalations.append(item)
         if redactions and not result.blocked:
             result.text = self._redact(text, redactions, pseudonyms)
         return result

@@ -207,6 +207,18 @@ class PolicyEngine:
             dollars = await self._store.spend_since(since=since, key_id=ident)
         return to_nanos(dollars)
 
+    def has_budget(self, principal: Principal, key: KeyRecord | None) -> bool:
+        """Whether any budget applies to this caller."""
+        return not principal.is_admin and bool(self._budgets(principal, key, self._clock()))
+
+    async def charge(self, principal: Principal, key: KeyRecord | None, cost_nanos: int) -> None:
+        """Add a cost that had no reservation (e.g. a guard judge call) to every budget that applies."""
+        if principal.is_admin or cost_nanos <= 0:
+            return
+        budgets = self._budgets(principal, key, self._clock())
+        if budgets:
+            await self._counters.settle([(name, ttl) for name, _, ttl in budgets], 0, cost_nanos)
+
     async def settle(self, admission: Admission, *, cost_nanos: int, tokens: int) -> None:
         """Replace the reservation by the actual cost and count tokens; safe to call twice."""
         if admission.settled:
