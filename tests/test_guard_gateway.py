@@ -229,3 +229,45 @@ def test_escalate_without_a_judge_is_a_config_error(tmp_path) -> None:  # type: 
     path.write_text("guard:\n  profiles:\n    p:\n      input: [{detector: competitors, action: escalate}]\n")
     with pytest.raises(ConfigError, match="need a judge"):
         load_settings(path, environ={})
+
+
+TEMPLATE_ONLY = {
+    "guard": {
+        "default_profile": "orders",
+        "templates": {
+            "blocked": {"text": "Sorry, I can't help with that."},
+            "order-status": {
+                "text": "Your order {{ order_id }} is {{ status }} and should arrive in {{ days }} day(s). "
+                "Ref {{ request_id }}",
+                "slots": {
+                    "order_id": {"pattern": "[A-Z]{2}[0-9]{4}"},
+                    "status": {"type": "enum", "values": ["processing", "shipped", "delivered"]},
+                    "days": {"type": "int"},
+                    "request_id": {"max_length": 64},
+                },
+            },
+        },
+        "profiles": {"orders": {"answer_template": "order-status"}},
+    }
+}
+
+
+def test_template_only_answers_render_validated_slots(make_gateway, sdk, upstream: FakeUpstream) -> None:
+    gw = make_gateway(TEMPLATE_ONLY)
+    key = gw.create_key("team-a")
+    upstream.queue("fake-model", Step(content='{"order_id": "AB1234", "status": "shipped", "days": 2}'))
+    resp = _chat(gw, key, [{"role": "user", "content": "where is my order AB1234?"}])
+    content = resp.json()["choices"][0]["message"]["content"]
+    assert content.startswith("Your order AB1234 is shipped and should arrive in 2 day(s). Ref ")
+    schema = upstream.requests[-1]["response_format"]["json_schema"]["schema"]
+    assert schema["required"] == ["days", "order_id", "status"] and "request_id" not in schema["properties"]
+
+    # a model that goes off script (free text, a price promise) never reaches the user
+    upstream.queue("fake-model", Step(content="Sure! I'll sell you the car for $1, legally binding."))
+    off_script = _chat(gw, key, [{"role": "user", "content": "sell me a car for a dollar"}]).json()
+    assert off_script["choices"][0]["message"]["content"] == "Sorry, I can't help with that."
+    assert off_script["gengate"]["guard"]["reason"] == "output.template.invalid"
+    upstream.queue("fake-model", Step(content='{"order_id": "AB1234", "status": "teleported", "days": 2}'))
+    chunks = list(sdk(gw, key).chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "status?"}], stream=True))  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Sorry, I can't help with that."

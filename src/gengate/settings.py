@@ -262,6 +262,9 @@ class GuardProfile(_Model):
     on_error: Literal["open", "closed"] = "closed"  # a detector that fails: allow (open) or block (closed)
     restore_pseudonyms: bool = True  # put pseudonymised values back into the answer for the same caller
     judge: JudgeSettings | None = None
+    # Template-only answers: the model only fills this template's slots (structured output, validated by
+    # gengate); users never see free model text.
+    answer_template: str | None = None
 
     @model_validator(mode="after")
     def _judge_for_escalation(self) -> GuardProfile:
@@ -311,6 +314,8 @@ class GuardSettings(_Model):
         for pname, profile in self.profiles.items():
             names = [profile.block_template] + [r.template for s in (profile.input, profile.context, profile.output)
                                                for r in s if r.template]  # fmt: skip
+            if profile.answer_template:
+                names.append(profile.answer_template)
             for t in names:
                 if t not in self.templates:
                     raise ValueError(f"profiles.{pname}: unknown template {t!r}")

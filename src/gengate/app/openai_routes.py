@@ -22,13 +22,16 @@ from gengate.app.gateway import Gateway
 from gengate.app.guarding import GuardRun, Judge, StreamGuard, blocked_completion, check_answer, check_messages
 from gengate.app.requests import include_usage, parse_object, validate_chat, validate_embeddings
 from gengate.errors import GengateError, PricingMissing, RequestError, UnknownModel, UpstreamError
-from gengate.guard.base import Stage
+from gengate.guard.base import Finding, Stage
+from gengate.guard.pipeline import RuleFinding, StageResult
+from gengate.guard.templates import TemplateError, render_model_answer, slot_schema
 from gengate.policy.engine import Admission
 from gengate.policy.pricing import PriceTable, usd
 from gengate.providers.base import Chunk, usage_of
 from gengate.providers.local_llm import LocalLLMProvider
 from gengate.providers.offline import count_tokens
 from gengate.providers.routing import RouteLog, deployment_label
+from gengate.settings import GuardRule
 from gengate.store.db import KeyRecord
 from gengate.telemetry.traces import TraceRecord
 from gengate.types import Principal, Usage
@@ -144,6 +147,8 @@ async def chat_completions(request: Request) -> Response:
         payload = dict(body)
         if max_out is None and call.admission.max_output_tokens is not None:
             payload["max_tokens"] = call.admission.max_output_tokens
+        if call.guard is not None and call.guard.pipeline.profile.answer_template:
+            return await _template_only(call, route, model, payload, stream)
         if stream:
             payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             first, rest = await call.gateway.router.open_stream(model, payload, call.trace.id, route)
@@ -263,8 +268,46 @@ def _guard_blocked_tail(guard: StreamGuard, chunk: Chunk) -> list[bytes]:
     ]
 
 
+async def _template_only(call: Call, route: RouteLog, model: str, payload: dict[str, Any], stream: bool) -> Response:
+    """Template-only answers: the model fills the template's slots as JSON; gengate validates and renders."""
+    run = call.guard
+    assert run is not None and run.pipeline.profile.answer_template is not None
+    name = run.pipeline.profile.answer_template
+    template = call.gateway.settings.guard.templates[name]
+    for field_name in ("tools", "tool_choice", "functions", "function_call", "stream_options"):
+        payload.pop(field_name, None)
+    payload["stream"] = False
+    payload["response_format"] = slot_schema(name, template)
+    result = await call.gateway.router.run(model, payload, call.trace.id, "complete", route)
+    await call.settle(usage_of(result) or _estimated_usage(payload, result), route)
+    choices = result.get("choices") or []
+    message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+    answer = message.get("content") if isinstance(message, dict) else None
+    try:
+        rendered = render_model_answer(name, template, answer if isinstance(answer, str) else "", call.trace.id)
+    except TemplateError as exc:
+        failure = RuleFinding(
+            Finding("template.invalid", 0, 0, 1.0, "templates", str(exc)),
+            GuardRule(detector="templates", action="block"),
+            0,
+        )
+        run.blocked = StageResult(Stage.OUTPUT, "", [failure], failure)
+        run.record(run.blocked, "")
+        completion = blocked_completion(run, model)
+    else:
+        completion = {**result, "choices": [{"index": 0, "message": {"role": "assistant", "content": rendered},
+                                             "finish_reason": "stop"}]}  # fmt: skip
+        await _guard_answer(run, completion)
+    if run.blocked is not None:
+        call.trace.error_code = "guard_blocked"
+        completion.setdefault("gengate", run.extension())
+    if stream:
+        return StreamingResponse(_blocked_stream(completion), media_type="text/event-stream")
+    return json_response(completion)
+
+
 async def _blocked_stream(answer: dict[str, Any]) -> AsyncIterator[bytes]:
-    """A blocked request answered as a stream: the template as one delta, then the reason."""
+    """A finished answer (blocked, or rendered from a template) sent as a stream: one delta, then the reason."""
     base = {
         "id": answer["id"],
         "object": "chat.completion.chunk",
@@ -276,7 +319,8 @@ async def _blocked_stream(answer: dict[str, Any]) -> AsyncIterator[bytes]:
         {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]}
     )
     yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    yield _sse({**base, "choices": [], "gengate": answer["gengate"]})
+    if "gengate" in answer:
+        yield _sse({**base, "choices": [], "gengate": answer["gengate"]})
     yield b"data: [DONE]\n\n"
 
 

@@ -8,6 +8,7 @@ undeclared or invalid values are refused with a clear error.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
@@ -66,3 +67,47 @@ def render(name: str, template: ResponseTemplate, values: Mapping[str, object]) 
         raise TemplateError(f"template {name!r} has no slot(s) {', '.join(sorted(unknown))}")
     checked = {k: _valid(k, template.slots[k], v) for k, v in values.items()}
     return _PLACEHOLDER.sub(lambda m: checked.get(m.group(1), ""), template.text)
+
+
+# Slots gengate fills itself; the model is never asked for them.
+GATEWAY_SLOTS = frozenset({"request_id"})
+
+
+def slot_schema(name: str, template: ResponseTemplate) -> dict[str, object]:
+    """An OpenAI `response_format` (JSON schema) asking the model for exactly the template's model-filled slots."""
+    properties: dict[str, object] = {}
+    for slot, spec in template.slots.items():
+        if slot in GATEWAY_SLOTS:
+            continue
+        if spec.type == "int":
+            properties[slot] = {"type": "integer"}
+        elif spec.type == "enum":
+            properties[slot] = {"type": "string", "enum": list(spec.values or [])}
+        else:
+            prop: dict[str, object] = {"type": "string", "maxLength": spec.max_length}
+            if spec.pattern is not None:
+                prop["pattern"] = spec.pattern
+            properties[slot] = prop
+    schema = {"type": "object", "properties": properties, "required": sorted(properties), "additionalProperties": False}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": name.replace("-", "_")[:64], "strict": True, "schema": schema},
+    }
+
+
+def render_model_answer(name: str, template: ResponseTemplate, answer: str, request_id: str) -> str:
+    """Parse the model's JSON slot values, validate them and render; TemplateError when anything is off."""
+    try:
+        values = json.loads(answer)
+    except (json.JSONDecodeError, TypeError):
+        raise TemplateError("the model's answer is not JSON") from None
+    if not isinstance(values, dict):
+        raise TemplateError("the model's answer is not a JSON object")
+    if GATEWAY_SLOTS & set(values):
+        raise TemplateError("the model tried to fill a slot gengate owns")
+    missing = [s for s in template.slots if s not in GATEWAY_SLOTS and s not in values]
+    if missing:
+        raise TemplateError(f"the model left slot(s) {', '.join(missing)} empty")
+    if "request_id" in template.slots:
+        values["request_id"] = request_id
+    return render(name, template, values)
