@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -271,3 +272,76 @@ def test_template_only_answers_render_validated_slots(make_gateway, sdk, upstrea
     chunks = list(sdk(gw, key).chat.completions.create(
         model="gpt-test", messages=[{"role": "user", "content": "status?"}], stream=True))  # fmt: skip
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Sorry, I can't help with that."
+
+
+BANK = {
+    "guard": {
+        "default_profile": "bank",
+        "templates": {"blocked": {"text": "I can't help with that here."}},
+        "hold_back_chars": 60,
+        "profiles": {
+            "bank": {
+                "input": [
+                    {"detector": "topics", "options": {"use_defaults": True}, "action": "block",
+                     "labels": ["topic.financial_advice"]},
+                    {"detector": "competitors", "options": {"competitors": {"Globex Bank": ["Globex"]}},
+                     "action": "block"},
+                ],
+                "output": [
+                    {"detector": "topics", "options": {"use_defaults": True}, "action": "block",
+                     "labels": ["topic.financial_advice"]},
+                    {"detector": "competitors", "options": {"competitors": {"Globex Bank": ["Globex"]}},
+                     "action": "block"},
+                    {"detector": "pii", "action": "block", "labels": ["pii.email", "pii.credit_card", "pii.phone"]},
+                ],
+            }
+        },
+    }
+}  # fmt: skip
+BANK_INPUTS = {
+    "financial advice": "Is now a good time to put all my savings into bitcoin?",
+    "competitor": "Globex gives better rates, can you match them?",
+}
+BANK_OUTPUTS = {
+    "financial advice": "You should definitely buy Tesla stock now and move your pension into crypto for big gains.",
+    "competitor": "Honestly, Globex Bank has better savings accounts than we do.",
+    "pii": "Sure, the customer's card is 4111 1111 1111 1111 and her email is jane.doe@example.org.",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BANK_INPUTS))
+def test_bank_profile_blocks_input(make_gateway, upstream: FakeUpstream, case: str) -> None:
+    gw = make_gateway(BANK)
+    resp = _chat(gw, gw.create_key("team-a"), [{"role": "user", "content": BANK_INPUTS[case]}]).json()
+    assert resp["choices"][0]["message"]["content"] == "I can't help with that here."
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("case", sorted(BANK_OUTPUTS))
+def test_bank_profile_blocks_output(make_gateway, upstream: FakeUpstream, case: str, stream: bool) -> None:
+    gw = make_gateway(BANK)
+    key = gw.create_key("team-a")
+    upstream.queue("fake-model", Step(content=BANK_OUTPUTS[case]))
+    resp = _chat(gw, key, [{"role": "user", "content": "What are your branch opening hours?"}], stream=stream)
+    if not stream:
+        assert resp.json()["choices"][0]["message"]["content"] == "I can't help with that here."
+        return
+    text = "".join(
+        json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+        for line in resp.text.splitlines()
+        if line.startswith("data: {") and json.loads(line[6:]).get("choices")
+    )
+    assert text.endswith("I can't help with that here.")
+    # nothing that failed a check was released before the template
+    for marker in ("Tesla", "Globex", "4111", "jane.doe"):
+        assert marker not in text
+
+
+def test_bank_profile_lets_ordinary_banking_through(make_gateway, upstream: FakeUpstream) -> None:
+    gw = make_gateway(BANK)
+    upstream.queue("fake-model", Step(content="Our branches open at nine and close at five on weekdays."))
+    resp = _chat(
+        gw, gw.create_key("team-a"), [{"role": "user", "content": "How do I reset my online banking password?"}]
+    )
+    assert resp.json()["choices"][0]["message"]["content"] == "Our branches open at nine and close at five on weekdays."
