@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 
+from gengate.guard.detectors.pii_context import TrailingContext
 from gengate.guard.detectors.pii_patterns import Candidate
 
 # Capitalised English words that are also given names or surnames somewhere ("Will", "May", "Can", "My"):
@@ -44,13 +45,13 @@ ORG_WORDS = frozenset(_ORG_TEXT.split())
 _HONORIFIC_TEXT = "mr mrs ms miss mx dr prof sir madam dame lady lord rev fr sr mister"
 HONORIFICS = frozenset(_HONORIFIC_TEXT.split())
 
-_PERSON_CONTEXT = re.compile(
-    r"(?:\bname\s*(?:is|was|:)|\bnamed|\bcalled|\bcall me|\bi'?m|\bi am|\bthis is|\bsigned|\bregards,?|\bdear"
+# Phrases that, ending the 40 characters before a run (then only [\s:,?]), make it likelier a name.
+_PERSON_CONTEXT = (
+    r"\bname\s*(?:is|was|:)|\bnamed|\bcalled|\bcall me|\bi'?m|\bi am|\bthis is|\bsigned|\bregards,?|\bdear"
     r"|\bhi|\bhello|\bsaid|\bsays|\bmet|\bwith|\bby|\bcontact|\bsurname|\blast name\s*(?:is|:)?|\bfirst name"
-    r"|\buser:|\bname:|\bpatient|\bclient|\bcustomer|\bmanager|\bproducer|\bspeaker|\bauthor|\bmr\.?|\bms\.?)"
-    r"[\s:,?]*$",
-    re.IGNORECASE,
+    r"|\buser:|\bname:|\bpatient|\bclient|\bcustomer|\bmanager|\bproducer|\bspeaker|\bauthor|\bmr\.?|\bms\.?"
 )
+_HONORIFIC_BEFORE = r"\b(?:mr|mrs|ms|miss|dr|prof|sir|madam)\.?"
 _ORG_AFTER = re.compile(
     r"^\s*(?:inc|ltd|llc|plc|corp|corporation|company|co|group|gmbh|ag|sa|bank|university|college|orchestra|"
     r"band|records|street|st|road|avenue|ave|city|county)\b",
@@ -58,7 +59,6 @@ _ORG_AFTER = re.compile(
 )
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’-](?![sS]\b)[^\W\d_]+)*")
-_SENTENCE_END = re.compile(r"(?:^|[.!?:\"]\s*)$")
 _PARTICLE_TEXT = "van von der den de del della da das do dos di du la le bin ibn al el ter ten"
 _PARTICLES = frozenset(_PARTICLE_TEXT.split())
 
@@ -89,29 +89,60 @@ def _is_cap(word: str) -> bool:
     return word[0].isupper() and (len(word) == 1 or not word.isupper())
 
 
+def _upper_class() -> str:
+    """A regex set holding every upper-case letter `str.isupper` accepts, and (wholesale) all astral characters."""
+    # The regex engine tests a set of BMP characters with one bitmap lookup, but falls back to a linear scan
+    # over ranges once any character is above U+FFFF; taking the astral planes whole keeps the bitmap, and the
+    # caller re-checks each hit anyway. Scanning the BMP costs a few milliseconds, once, at construction.
+    upper = "".join(filter(str.isupper, map(chr, range(0x10000))))
+    return f"[{re.escape(upper)}\U00010000-\U0010ffff]"
+
+
+def _after_sentence_end(text: str, start: int) -> bool:
+    """`text[:start]` ends with . ! ? : or a quote, then only whitespace (without copying the prefix)."""
+    i = start - 1
+    while i >= 0 and text[i].isspace():
+        i -= 1
+    return i >= 0 and text[i] in '.!?:"'
+
+
 class NameRecognizer:
     """Scores runs of capitalised words as person names."""
 
     def __init__(self, gazetteer: Gazetteer) -> None:
         self.gazetteer = gazetteer
+        # Where a `_WORD` token starting with an upper-case letter begins: not inside a word, and not after a
+        # letter plus apostrophe/hyphen that `_WORD` would have joined (it does not join a trailing 's).
+        # The class comes first so the regex engine can skip ahead to candidate letters without a Python loop.
+        self._cap_start = re.compile(rf"{_upper_class()}(?<![^\W\d_].)(?:(?<![^\W\d_]['’-].)|(?<=S)(?!\w))", re.DOTALL)
+        self._honorific_before = TrailingContext(_HONORIFIC_BEFORE, r"\s")
+        self._context_before = TrailingContext(_PERSON_CONTEXT, r"[\s:,?]")
 
     def _runs(self, text: str) -> Iterator[list[re.Match[str]]]:
-        run: list[re.Match[str]] = []
-        for match in _WORD.finditer(text):
-            word = match.group()
-            if run:
-                gap = text[run[-1].end() : match.start()]
-                prev = run[-1].group()
-                joined = gap == " " or (gap == ". " and len(prev) == 1)
-                if joined and (_is_cap(word) or (word in _PARTICLES and len(run) >= 1)):
-                    run.append(match)
-                    continue
-                yield run
-                run = []
-            if _is_cap(word):
-                run.append(match)
-        if run:
+        # Equivalent to walking every `_WORD` token, but lower-case text is skipped by one regex search.
+        pos = 0
+        while (found := self._cap_start.search(text, pos)) is not None:
+            match = _WORD.match(text, found.start())
+            if match is None:  # an astral character that is not a letter
+                pos = found.end()
+                continue
+            if not _is_cap(match.group()):
+                pos = match.end()
+                continue
+            run = [match]
+            while True:
+                end = run[-1].end()
+                if text.startswith(" ", end):
+                    nxt = _WORD.match(text, end + 1)
+                elif len(run[-1].group()) == 1 and text.startswith(". ", end):
+                    nxt = _WORD.match(text, end + 2)
+                else:
+                    break
+                if nxt is None or not (_is_cap(nxt.group()) or nxt.group() in _PARTICLES):
+                    break
+                run.append(nxt)
             yield run
+            pos = run[-1].end()
 
     def find(self, text: str) -> Iterator[Candidate]:
         """Yield `pii.person` candidates."""
@@ -119,19 +150,25 @@ class NameRecognizer:
             yield from self._score_run(text, run)
 
     def _score_run(self, text: str, run: list[re.Match[str]]) -> Iterator[Candidate]:
-        honorific = False
+        tokens = [m.group() for m in run]
         # Leading common words and honorifics are context, not part of the name.
-        while run and (run[0].group().lower() in COMMON_WORDS or run[0].group().lower() in HONORIFICS):
-            honorific = honorific or run[0].group().lower() in HONORIFICS
-            run = run[1:]
-        while run and (run[-1].group() in _PARTICLES or run[-1].group().lower() in COMMON_WORDS):
-            run = run[:-1]
-        if not run or len(run) > 4:
+        first, honorific = 0, False
+        while first < len(tokens):
+            low = tokens[first].lower()
+            if low in HONORIFICS:
+                honorific = True
+            elif low not in COMMON_WORDS:
+                break
+            first += 1
+        last = len(tokens)
+        while last > first and (tokens[last - 1] in _PARTICLES or tokens[last - 1].lower() in COMMON_WORDS):
+            last -= 1
+        if last == first or last - first > 4:
             return
-        words = [m.group() for m in run if m.group() not in _PARTICLES]
+        words = [w for w in tokens[first:last] if w not in _PARTICLES]
         if any(w.lower() in COMMON_WORDS or w.lower() in ORG_WORDS for w in words):
             return
-        start, end = run[0].start(), run[-1].end()
+        start, end = run[first].start(), run[last - 1].end()
         if end < len(text) and text[end] == "." and len(words[-1]) == 1:
             return
         g = self.gazetteer
@@ -148,16 +185,14 @@ class NameRecognizer:
             score = 0.7
         else:
             # Two to four capitalised words mid-sentence are usually a name or an organisation.
-            score = (
-                0.5 if start > 0 and text[start - 1] not in "\n" and not _SENTENCE_END.search(text[:start]) else 0.35
-            )
-        before = text[max(0, start - 40) : start]
-        if honorific or re.search(r"\b(?:mr|mrs|ms|miss|dr|prof|sir|madam)\.?\s*$", before, re.IGNORECASE):
-            score = max(score, 0.9)
-        elif _PERSON_CONTEXT.search(before):
-            score = min(1.0, score + 0.3)
+            score = 0.5 if start > 0 and text[start - 1] != "\n" and not _after_sentence_end(text, start) else 0.35
         if _ORG_AFTER.match(text[end : end + 20]):
             return
+        before = text[max(0, start - 40) : start]
+        if honorific or self._honorific_before.ends(before):
+            score = max(score, 0.9)
+        elif self._context_before.ends(before):
+            score = min(1.0, score + 0.3)
         yield Candidate("pii.person", start, end, round(score, 3))
 
 
@@ -192,12 +227,15 @@ _LOCALITY = (
     rf"(?:,?[ \t]*\n?[ \t]*,?[ \t]*(?:[A-Z]{{2,3}}\b|{_CAP}(?:[ \t]{_CAP}){{0,2}}))?(?:[ \t]+{_ZIP})?"
 )
 
-_ADDRESS_CONTEXT = re.compile(
-    r"(?:address|lives?|living|located|located at|meet(?: me| you)? at|sent to|send (?:it |this )?to|deliver(?:ed)?"
+# Phrases that, ending the 40 characters before an address (then only [\s:,]), make it likelier one.
+_ADDRESS_CONTEXT = (
+    r"address|lives?|living|located|located at|meet(?: me| you)? at|sent to|send (?:it |this )?to|deliver(?:ed)?"
     r" to|billing|shipping|postal|mailing|moved to|return to|corner of|stop at|taxi to|office is at|is at|at|on|in"
-    r"|to|street)[\s:,]*$",
-    re.IGNORECASE,
+    r"|to|street"
 )
+_PO_BOX_WORDS = r"p\.?\s?o\.?\s?box|psc|gpo box|locked bag"
+_PO_BOX = rf"(?i:{_PO_BOX_WORDS})"
+_LETTER = re.compile(r"[^\W\d_]")
 
 
 class AddressRecognizer:
@@ -214,22 +252,77 @@ class AddressRecognizer:
             # (86036) Rua do Arenque 1634 · Rue de Piétrain 371 · 31 Rue Al Imam Al Bakri
             rf"|(?:{_NUM}[ ]+)?(?i:{_STREET_PREFIX})[ ](?:{_NAME}[ ]?){{1,5}}(?:,?[ ]?{_NUM}\b)?"
             # PO Box 123 · PSC 0729, Box 5797
-            r"|(?i:p\.?\s?o\.?\s?box|psc|gpo box|locked bag)[ ]?\d{1,6}(?:,[ ]?(?i:box)[ ]\d{1,6})?"
+            rf"|{_PO_BOX}[ ]?\d{{1,6}}(?:,[ ]?(?i:box)[ ]\d{{1,6}})?"
             # 20789 Allika 46 (number, one or two words, number): weaker, needs context
             rf"|{_NUM}[ ]+{_NAME}(?:[ ]{_NAME})?[ ]+\d{{1,4}}\b\.?"
         )
         self._regex = re.compile(rf"(?<![\w.-])(?:{core}){tail}")
-        self._weak = re.compile(rf"^{_NUM}[ ]+{_NAME}(?:[ ]{_NAME})?[ ]+\d{{1,4}}\.?")
+        # A match starts at a number, a street prefix or a PO box, or one or two words before a street ending
+        # that a number follows. Finding those places is cheap when each regex starts with a plain character
+        # (the engine then skips ahead in C); the full regex is tried only there.
+        self._number_starts = re.compile(r"\d(?<![\w.-].)")
+        self._word_starts = _word_gate([f"{p}[ ]" for p in _STREET_PREFIX.split("|")] + _PO_BOX_WORDS.split("|"))
+        self._number_after = re.compile(r" \d")
+        self._ending_word = re.compile(rf"[^\W\d_]+(?i:{_STREET_ENDING})")
+        self._weak = re.compile(rf"{_NUM}[ ]+{_NAME}(?:[ ]{_NAME})?[ ]+\d{{1,4}}\.?")
+        self._strong_ending = re.compile(rf"{_NUM}[ ]+{_NAME}(?i:{_STREET_ENDING})")
+        self._context_before = TrailingContext(_ADDRESS_CONTEXT, r"[\s:,]")
+
+    def _candidate_starts(self, text: str) -> list[int]:
+        starts = {m.start() for m in self._number_starts.finditer(text)}
+        starts.update(m.start() for m in self._word_starts.finditer(text))
+        for number in self._number_after.finditer(text):
+            end = number.start()  # `<word><street ending>.? +<digit>`: walk back to the word
+            while end > 0 and text[end - 1] == " ":
+                end -= 1
+            if end > 0 and text[end - 1] == ".":
+                end -= 1
+            word = _word_start(text, end)
+            if word == end or not self._ending_word.fullmatch(text, word, end):
+                continue
+            starts.add(word)
+            if word >= 2 and text[word - 1] in " -" and _LETTER.match(text, word - 2):
+                starts.add(_word_start(text, word - 1))
+        return sorted(starts)
 
     def find(self, text: str) -> Iterator[Candidate]:
         """Yield `pii.street_address` candidates."""
-        for match in self._regex.finditer(text):
+        # The same matches as `self._regex.finditer(text)`, tried only where one can start (see `_starts`).
+        done = 0
+        for pos in self._candidate_starts(text):
+            if pos < done or (match := self._regex.match(text, pos)) is None:
+                continue
             start, end = match.span()
+            done = end
             value = match.group()
             while end > start and text[end - 1] in " \t\n,":
                 end -= 1
-            strong = not self._weak.match(value) or bool(re.match(rf"^{_NUM}[ ]+{_NAME}(?i:{_STREET_ENDING})", value))
+            strong = not self._weak.match(value) or bool(self._strong_ending.match(value))
             score = 0.75 if strong else 0.4
-            if _ADDRESS_CONTEXT.search(text[max(0, start - 40) : start]):
+            if self._context_before.ends(text[max(0, start - 40) : start]):
                 score = min(1.0, score + 0.2)
             yield Candidate("pii.street_address", start, end, score)
+
+
+def _word_gate(words: list[str]) -> re.Pattern[str]:
+    """A regex matching (at least) wherever `(?<![\\w.-])(?i:<one of words>)` can match, that scans fast.
+
+    Each word must start with a plain letter. The regex engine only skips ahead quickly when a pattern opens
+    with a case-sensitive character set, so the set holds every character that matches a first letter case-
+    insensitively (found by asking the engine, which knows that "ſ" is an "s"); the rest of each word follows
+    in a lookahead, paired loosely with any first letter, which can only add places to try.
+    """
+    firsts = "".join(sorted({w[0].lower() for w in words}))
+    if not firsts.isalpha() or not firsts.isascii():
+        raise ValueError(f"words must start with ASCII letters: {words}")
+    same = re.compile(f"(?i:[{firsts}])")
+    variants = "".join(same.findall("".join(map(chr, range(0x10000)))))
+    rests = "|".join(w[1:] for w in words)
+    return re.compile(rf"[{variants}\U00010000-\U0010FFFF](?<![\w.-].)(?=(?i:{rests}))", re.DOTALL)
+
+
+def _word_start(text: str, pos: int) -> int:
+    """Where the run of letters that `text[pos - 1]` belongs to begins."""
+    while pos > 0 and _LETTER.match(text, pos - 1):
+        pos -= 1
+    return pos
