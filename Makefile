@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed
-	$(BIN)/python -m pip install -e ".[dev,postgres,redis,otel]"
+	$(BIN)/python -m pip install -e ".[dev,postgres,redis,otel,train]"
 	touch $@
 
 install: $(VENV)/.installed
