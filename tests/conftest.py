@@ -189,10 +189,11 @@ def gateway(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     return make_gateway()
 
 
-def _require(service: str, exc: Exception) -> None:
+def require(what: str, why: str) -> None:
+    """A missing service or model: fail in CI (GENGATE_REQUIRE_SERVICES, set by .ci/run), skip elsewhere."""
     if os.environ.get("GENGATE_REQUIRE_SERVICES"):
-        pytest.fail(f"{service} is required (GENGATE_REQUIRE_SERVICES is set) but unreachable: {exc}")
-    pytest.skip(f"{service} not reachable: {exc}")
+        pytest.fail(f"{what} is required (GENGATE_REQUIRE_SERVICES is set): {why}")
+    pytest.skip(f"{what} unavailable: {why}")
 
 
 @pytest.fixture
@@ -212,7 +213,7 @@ def pg_url() -> Iterator[str]:
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as exc:
-        _require("PostgreSQL", exc)
+        require("PostgreSQL", f"unreachable: {exc}")
     yield PG_URL.rsplit("/", 1)[0] + "/" + name
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
@@ -226,7 +227,7 @@ def redis_url() -> Iterator[str]:
     try:
         client.ping()
     except redis.RedisError as exc:
-        _require("Redis", exc)
+        require("Redis", f"unreachable: {exc}")
     finally:
         client.close()
     yield REDIS_URL

@@ -8,7 +8,6 @@ the same model files.
 
 from __future__ import annotations
 
-import os
 import sys
 import zlib
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import require
 from gengate.embed.minilm import INSTALL_HINT, MiniLMEncoder, ModelNotInstalled, available, normalize, pre_tokenize
 from gengate.guard.base import ScanRequest, Stage
 from gengate.guard.detectors.topics import TopicDetector, default_topics, segments
@@ -26,9 +26,7 @@ from gengate.guard.detectors.topics import TopicDetector, default_topics, segmen
 @pytest.fixture(scope="module")
 def encoder() -> MiniLMEncoder:
     if not available():
-        if os.environ.get("GENGATE_REQUIRE_SERVICES"):
-            pytest.fail(f"the embedding model is required in CI: {INSTALL_HINT}")
-        pytest.skip(f"embedding model not installed ({INSTALL_HINT})")
+        require("the embedding model", INSTALL_HINT)
     return MiniLMEncoder()
 
 

@@ -6,10 +6,9 @@ installs both, so in CI this always runs.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from conftest import require
 from gengate.providers.local_llm import local_available
 
 pytestmark = pytest.mark.local_llm
@@ -24,9 +23,7 @@ LOCAL = {
 @pytest.fixture
 def local_gateway(make_gateway):  # type: ignore[no-untyped-def]
     if not local_available():
-        if os.environ.get("GENGATE_REQUIRE_SERVICES"):
-            pytest.fail("the local model is required in CI: run `make local`")
-        pytest.skip("local model not installed (make local)")
+        require("the local model", "not installed: run `make local`")
     return make_gateway(LOCAL)
 
 

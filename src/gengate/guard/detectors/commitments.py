@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from gengate.guard.base import Finding, ScanRequest
+from gengate.guard.detectors._options import reject_unknown
 
 # An amount of money: "$1", "€ 9.99", "1,00 €", "20 dollars", "500 EUR".
 MONEY = (
@@ -272,9 +273,7 @@ class CommitmentDetector:
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> Self:
         """Build from the `commitments` options of a guard profile, rejecting unknown or mistyped options."""
-        unknown = sorted(set(options) - cls._OPTIONS)
-        if unknown:
-            raise ValueError(f"commitments: unknown option(s) {unknown}; expected some of {sorted(cls._OPTIONS)}")
+        reject_unknown("commitments", options, cls._OPTIONS)
         per_kind = {}
         for key in ("patterns", "phrases"):
             value = options.get(key) or {}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from gengate.guard.base import Finding, ScanRequest
+from gengate.guard.detectors._options import reject_unknown
 
 _SEPARATOR = "\0"  # stands for "whitespace or hyphens" between the words of a folded name
 _ASCII_LOWER = {c: chr(c + 32) for c in range(ord("A"), ord("Z") + 1)}
@@ -135,9 +136,7 @@ class CompetitorDetector:
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> Self:
         """Build from options: `competitors` maps each name to its aliases (or is a plain list of names)."""
-        unknown = sorted(set(options) - cls._OPTIONS)
-        if unknown:
-            raise ValueError(f"competitors: unknown option(s) {unknown}; expected some of {sorted(cls._OPTIONS)}")
+        reject_unknown("competitors", options, cls._OPTIONS)
         raw = options.get("competitors")
         if isinstance(raw, list | tuple) and all(isinstance(n, str) for n in raw):
             raw = {n: [] for n in raw}

@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any, Self
 
 from gengate.guard.base import Finding, ScanRequest
+from gengate.guard.detectors._options import reject_unknown
 
 CANARY_PREFIX = "gg-canary-"
 _CANARY_BODY = 16  # base32 characters: 80 bits, so a chance match is out of the question
@@ -253,9 +254,7 @@ class LeakDetector:
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> Self:
         """Build from the `leak` options of a guard profile, rejecting unknown or mistyped options."""
-        unknown = sorted(set(options) - cls._OPTIONS)
-        if unknown:
-            raise ValueError(f"leak: unknown option(s) {unknown}; expected some of {sorted(cls._OPTIONS)}")
+        reject_unknown("leak", options, cls._OPTIONS)
         ints = {}
         for key, default in (("ngram", 8), ("min_words", 24), ("max_gap", 3), ("max_findings", 20)):
             ints[key] = value = options.get(key, default)

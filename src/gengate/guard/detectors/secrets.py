@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from gengate.guard.base import Finding, ScanRequest
+from gengate.guard.detectors._options import reject_unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,9 +266,7 @@ class SecretsDetector:
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> Self:
         """Build from the `secrets` options of a guard profile, rejecting unknown or mistyped options."""
-        unknown = sorted(set(options) - cls._OPTIONS)
-        if unknown:
-            raise ValueError(f"secrets: unknown option(s) {unknown}; expected some of {sorted(cls._OPTIONS)}")
+        reject_unknown("secrets", options, cls._OPTIONS)
         kinds = options.get("kinds")
         if kinds is not None and not _is_str_list(kinds):
             raise ValueError("secrets: option 'kinds' must be a list of strings")

@@ -24,6 +24,7 @@ import yaml
 
 from gengate.embed.minilm import INSTALL_HINT, MiniLMEncoder, ModelNotInstalled, available
 from gengate.guard.base import Finding, ScanRequest
+from gengate.guard.detectors._options import reject_unknown
 
 F32 = npt.NDArray[np.float32]
 DEFAULT_THRESHOLD = 0.5
@@ -146,9 +147,7 @@ class TopicDetector:
     def from_config(cls, options: Mapping[str, Any], *, encoder: Encoder | None = None) -> Self:
         """Build from options: `topics` maps each name to {description, examples, counter_examples, threshold};
         `use_defaults: true` adds the shipped topics (configured ones of the same name win)."""
-        unknown = sorted(set(options) - cls._OPTIONS)
-        if unknown:
-            raise ValueError(f"topics: unknown option(s) {unknown}; expected some of {sorted(cls._OPTIONS)}")
+        reject_unknown("topics", options, cls._OPTIONS)
         use_defaults = options.get("use_defaults", False)
         if not isinstance(use_defaults, bool):
             raise ValueError("topics: option 'use_defaults' must be true or false")
