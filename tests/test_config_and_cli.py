@@ -165,3 +165,4 @@ def test_shipped_example_config_is_valid() -> None:
     )
     assert settings.models["gpt-4o-mini"].deployments[2].priority == 1
     assert settings.policy.teams["support"].budget is not None
+    assert settings.apps["hr-assistant"].tools[0].bound == {"employee_id": "claims.sub"}

@@ -5,6 +5,7 @@
     ├── RequestError (400)            malformed JSON, wrong types, too many messages …
     │   ├── PayloadTooLarge (413)
     │   ├── NotFound (404)            no such route, key or request record
+    │   ├── Conflict (409)            creating something that already exists (a knowledge base)
     │   └── UnknownModel (404)        model alias that does not exist or that the caller may not see
     ├── AuthenticationError (401)     missing, invalid, expired or revoked credentials
     ├── PermissionDenied (403)        authenticated, but not allowed (model, admin plane)
@@ -68,6 +69,13 @@ class NotFound(RequestError):
 
     status = 404
     code = "not_found"
+
+
+class Conflict(RequestError):
+    """The resource already exists."""
+
+    status = 409
+    code = "conflict"
 
 
 class UnknownModel(RequestError):

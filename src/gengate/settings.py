@@ -26,7 +26,10 @@ from pydantic import (
     model_validator,
 )
 
+from gengate.apps.tool_settings import ToolLimits, ToolSpec
 from gengate.errors import ConfigError
+from gengate.rag.chunk import ChunkingSettings
+from gengate.rag.index import RetrievalSettings
 
 _ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 
@@ -322,6 +325,51 @@ class GuardSettings(_Model):
         return self
 
 
+class RagSettings(_Model):
+    """Knowledge bases: embeddings, where vectors live, ingestion limits."""
+
+    # auto: all-MiniLM-L6-v2 when its package is installed, otherwise lexical retrieval only (with a warning)
+    embeddings: Literal["auto", "minilm", "none"] = "auto"
+    vector_backend: Literal["memory", "pgvector"] = "memory"
+    max_file_mb: float = Field(50, gt=0)
+    # Documents the injection classifier flags at ingestion: quarantined (kept out of retrieval) or only marked.
+    on_suspicious: Literal["quarantine", "mark"] = "quarantine"
+    chunking: ChunkingSettings = ChunkingSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+
+
+class AppSettings(_Model):
+    """A RAG app: exposed as model `app/<name>` and at `POST /v1/apps/<name>/ask`."""
+
+    description: str = ""
+    system_prompt: str = (
+        "You answer questions for the user using only the numbered sources below. Cite the sources you use "
+        "like [1]. If the sources do not contain the answer, say that you do not know."
+    )
+    knowledge_bases: list[str] = []
+    top_k: int = Field(5, ge=1, le=50)
+    model: str = "offline"  # a chat model alias; with the offline provider the app answers extractively
+    guard_profile: str | None = None  # default: the caller's team profile
+    no_answer: str = "I could not find anything about that in the documents you have access to."
+    answer_sentences: int = Field(3, ge=1, le=10)
+    where: dict[str, str] = {}  # a fixed metadata filter on every retrieval
+    retrieval: RetrievalSettings | None = None  # overrides rag.retrieval
+    tools: list[ToolSpec] = []
+    tool_limits: ToolLimits = ToolLimits()
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, tools: list[ToolSpec]) -> list[ToolSpec]:
+        names = [t.name for t in tools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate tool names: {', '.join(duplicates)}")
+        return tools
+
+
+_APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 class Settings(_Model):
     """Everything gengate is configured with. Built once; passed down; never re-read."""
 
@@ -336,9 +384,19 @@ class Settings(_Model):
     policy: PolicySettings = PolicySettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     guard: GuardSettings = GuardSettings()
+    rag: RagSettings = RagSettings()
+    apps: dict[str, AppSettings] = {}
 
     @model_validator(mode="after")
     def _references_exist(self) -> Settings:
+        for name, app in self.apps.items():
+            if not _APP_NAME.match(name):
+                raise ValueError(f"apps.{name}: app names are letters, digits, '_', '.', '-' (at most 64)")
+            target = self.models.get(app.model)
+            if target is None or target.kind != "chat":
+                raise ValueError(f"apps.{name}.model: {app.model!r} is not a chat model in `models`")
+            if app.guard_profile is not None and app.guard_profile not in self.guard.profiles:
+                raise ValueError(f"apps.{name}.guard_profile: unknown guard profile {app.guard_profile!r}")
         for pname, profile in self.guard.profiles.items():
             if profile.judge is not None and profile.judge.model not in self.models:
                 raise ValueError(f"guard.profiles.{pname}.judge.model: unknown model {profile.judge.model!r}")

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gengate.app import admin_routes, guard_routes, openai_routes
+from gengate.app import admin_routes, app_routes, guard_routes, openai_routes
 from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway, open_gateway
 from gengate.app.middleware import Endpoint, RequestContext
@@ -110,6 +110,7 @@ def create_app(settings: Settings, *, holder: GatewayHolder | None = None) -> Re
         Route("/v1/models", openai_routes.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai_routes.get_model, methods=["GET"]),
         Route("/v1/guard/scan", guard_routes.guard_scan, methods=["POST"]),
+        Route("/v1/apps/{name}/ask", app_routes.ask, methods=["POST"]),
         Route("/healthz", _health, methods=["GET"]),
     ]
     if settings.server.admin_port is None:

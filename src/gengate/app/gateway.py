@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from gengate.apps.tools import ToolExecutor
 from gengate.auth.jwt import JwtVerifier
 from gengate.auth.keys import KeyAuthenticator
 from gengate.errors import AuthenticationError, ConfigError
@@ -22,8 +23,12 @@ from gengate.providers.local_llm import LocalLLMProvider
 from gengate.providers.offline import OfflineProvider
 from gengate.providers.openai_compat import OpenAICompatProvider
 from gengate.providers.routing import Router
+from gengate.rag.answer import ExtractiveAnswerer
+from gengate.rag.embedder import Embedder
+from gengate.rag.kb import KnowledgeBases
 from gengate.settings import GuardSettings, Settings
 from gengate.store.db import KeyRecord, Store, open_store
+from gengate.store.knowledge import KnowledgeStore
 from gengate.telemetry.metrics import Metrics
 from gengate.telemetry.otel import OtelExporter
 from gengate.telemetry.traces import TraceRecord, TraceWriter
@@ -61,6 +66,9 @@ class Gateway:
     metrics: Metrics
     traces: TraceWriter
     guard: Guard = field(default_factory=lambda: Guard(GuardSettings()))
+    kbs: KnowledgeBases | None = None
+    answerers: dict[str, ExtractiveAnswerer] = field(default_factory=dict)
+    tool_executor: ToolExecutor | None = None
     otel: OtelExporter | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -108,6 +116,8 @@ class Gateway:
     async def close(self) -> None:
         """Flush logs and release every connection and process."""
         await self.traces.close()
+        if self.tool_executor is not None:
+            await self.tool_executor.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         await self.jwt.aclose()
@@ -146,6 +156,13 @@ async def open_gateway(settings: Settings) -> Gateway:
     )
     traces.start()
     prices = PriceTable(settings.pricing)
+    embedder = Embedder(settings.rag.embeddings)
+    kbs = KnowledgeBases(KnowledgeStore(store.engine), settings.rag, embedder)
+    encoder = embedder if embedder.enabled else None
+    answerers = {
+        name: ExtractiveAnswerer(encoder, max_sentences=app.answer_sentences) for name, app in settings.apps.items()
+    }
+    tools = [tool for app in settings.apps.values() for tool in app.tools]
     gateway = Gateway(
         settings=settings,
         store=store,
@@ -164,5 +181,8 @@ async def open_gateway(settings: Settings) -> Gateway:
         traces=traces,
         otel=OtelExporter(settings.telemetry.otel) if settings.telemetry.otel.endpoint else None,
         guard=guard,
+        kbs=kbs,
+        answerers=answerers,
+        tool_executor=ToolExecutor(tools) if tools else None,
     )
     return gateway

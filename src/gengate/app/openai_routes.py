@@ -17,6 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gengate.app import app_routes
 from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway
 from gengate.app.guarding import GuardRun, Judge, StreamGuard, blocked_completion, check_answer, check_messages
@@ -123,6 +124,8 @@ async def chat_completions(request: Request) -> Response:
         model, stream, max_out = validate_chat(body, max_messages=call.gateway.settings.server.max_messages)
         call.trace.model = model
         call.trace.stream = stream
+        if model.startswith(app_routes.PREFIX):
+            return await app_routes.chat(call, body, model, stream)
         alias = call.gateway.router.alias(model)
         if alias.kind != "chat":
             raise RequestError(f"model {model!r} is an embedding model", param="model")
@@ -134,7 +137,7 @@ async def chat_completions(request: Request) -> Response:
                 call.trace.error_code = "guard_blocked"
                 answer = blocked_completion(call.guard, model)
                 if stream:
-                    return StreamingResponse(_blocked_stream(answer), media_type="text/event-stream")
+                    return StreamingResponse(finished_stream(answer), media_type="text/event-stream")
                 return json_response(answer)
         call.admission = await call.gateway.policy.admit(
             principal,
@@ -302,11 +305,11 @@ async def _template_only(call: Call, route: RouteLog, model: str, payload: dict[
         call.trace.error_code = "guard_blocked"
         completion.setdefault("gengate", run.extension())
     if stream:
-        return StreamingResponse(_blocked_stream(completion), media_type="text/event-stream")
+        return StreamingResponse(finished_stream(completion), media_type="text/event-stream")
     return json_response(completion)
 
 
-async def _blocked_stream(answer: dict[str, Any]) -> AsyncIterator[bytes]:
+async def finished_stream(answer: dict[str, Any]) -> AsyncIterator[bytes]:
     """A finished answer (blocked, or rendered from a template) sent as a stream: one delta, then the reason."""
     base = {
         "id": answer["id"],
@@ -463,6 +466,11 @@ def visible_models(gateway: Gateway, principal: Principal, key: KeyRecord | None
         if all(isinstance(p, LocalLLMProvider) and not p.available for p in providers):
             continue
         names.append(name)
+    names += [
+        app_routes.PREFIX + name
+        for name in gateway.settings.apps
+        if gateway.policy.may_use(principal, key, app_routes.PREFIX + name)
+    ]
     return sorted(names)
 
 

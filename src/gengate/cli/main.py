@@ -11,6 +11,7 @@ import click
 from gengate.auth.keys import KeySpec, create_key
 from gengate.cli.common import config_option, settings_or_exit, with_store
 from gengate.cli.guard import guard
+from gengate.cli.kb import kb
 from gengate.cli.keys import keys
 from gengate.errors import GengateError
 from gengate.providers.local_llm import local_available
@@ -26,6 +27,7 @@ def main() -> None:
 
 main.add_command(keys)
 main.add_command(guard)
+main.add_command(kb)
 
 
 async def _bootstrap_key(store: Store) -> str | None:

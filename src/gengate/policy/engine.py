@@ -135,12 +135,15 @@ class PolicyEngine:
         *,
         prompt_tokens_bound: int,
         max_output_tokens: int | None,
+        access_checked: bool = False,
     ) -> Admission:
-        """Check model access, RPM, TPM and budgets; reserve the worst-case cost. Raises on refusal."""
+        """Check model access, RPM, TPM and budgets; reserve the worst-case cost. Raises on refusal.
+
+        `access_checked`: the caller already decided access (an app's model is used on the app's grant)."""
         admission = Admission(max_output_tokens=max_output_tokens)
         if principal.is_admin:
             return admission
-        if not self.may_use(principal, key, alias):
+        if not access_checked and not self.may_use(principal, key, alias):
             raise PermissionDenied(f"team {principal.team!r} may not use model {alias!r}", code="model_not_allowed")
         now = self._clock()
         team = self.team_limits(principal.team)

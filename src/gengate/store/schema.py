@@ -88,6 +88,75 @@ sa.Index("ix_guard_findings_request", guard_findings.c.request_id)
 sa.Index("ix_guard_findings_ts", guard_findings.c.ts)
 
 
+# -- knowledge bases (v3) -----------------------------------------------------------------------------------
+
+knowledge_bases = sa.Table(
+    "knowledge_bases",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("chunking", sa.Text, nullable=False),  # JSON ChunkingSettings
+    sa.Column("default_access", sa.Text, nullable=True),  # JSON AccessList, or NULL: documents must bring one
+    sa.Column("embeddings", sa.String(64), nullable=False),  # the embedding model's name, or "none"
+    sa.Column("generation", sa.Integer, nullable=False, default=0),  # bumped on every change: indexes reload
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+kb_documents = sa.Table(
+    "kb_documents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kb", sa.String(128), nullable=False),
+    sa.Column("doc_id", sa.String(1024), nullable=False),  # path relative to the ingested folder
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),  # kept so `kb rechunk` needs no source files
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("access", sa.Text, nullable=False),  # JSON list of access tokens
+    sa.Column("doc_metadata", sa.Text, nullable=False, default="{}"),
+    sa.Column("source", sa.Text, nullable=False, default=""),
+    sa.Column("suspicious", sa.Boolean, nullable=False, default=False),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("retired_at", sa.Float, nullable=True),
+    sa.UniqueConstraint("kb", "doc_id", "version", name="uq_kb_documents_version"),
+)
+sa.Index("ix_kb_documents_kb_doc", kb_documents.c.kb, kb_documents.c.doc_id, kb_documents.c.active)
+
+kb_chunks = sa.Table(
+    "kb_chunks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kb", sa.String(128), nullable=False),
+    sa.Column("document", sa.Integer, nullable=False),  # kb_documents.id
+    sa.Column("ord", sa.Integer, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("context", sa.Text, nullable=False, default=""),
+    sa.Column("heading", sa.Text, nullable=False, default=""),
+    sa.Column("span_start", sa.Integer, nullable=False),
+    sa.Column("span_end", sa.Integer, nullable=False),
+    sa.Column("embedding", sa.LargeBinary, nullable=True),  # float32 little-endian
+    sa.Column("suspicious", sa.Boolean, nullable=False, default=False),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+)
+sa.Index("ix_kb_chunks_kb_active", kb_chunks.c.kb, kb_chunks.c.active)
+sa.Index("ix_kb_chunks_document", kb_chunks.c.document)
+
+kb_events = sa.Table(
+    "kb_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kb", sa.String(128), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("doc_id", sa.String(1024), nullable=True),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("detail", sa.Text, nullable=False, default=""),
+)
+sa.Index("ix_kb_events_kb_ts", kb_events.c.kb, kb_events.c.ts)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[api_keys, requests])
 
@@ -97,4 +166,8 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[guard_findings])
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
+def _v3(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[knowledge_bases, kb_documents, kb_chunks, kb_events])
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]

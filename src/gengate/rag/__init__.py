@@ -1,0 +1,1 @@
+"""Knowledge bases for RAG apps: extraction, chunking, versioned storage, permission-aware hybrid retrieval."""
