@@ -92,7 +92,10 @@ async def main() -> None:
         if await kbs.store.get(KB) is None:
             await kbs.create(KB, default_access=AccessList(groups=("all",)))
             started = time.perf_counter()
-            scan = await asyncio.to_thread(scan_source, DATA / "docs", progress=progress("extract"))
+            record = await kbs.store.require(KB)
+            scan = await asyncio.to_thread(
+                scan_source, DATA / "docs", default_access=kbs.default_access(record), progress=progress("extract")
+            )
             extracted = time.perf_counter() - started
             report = await kbs.ingest(KB, scan, source="docs", progress=progress("index  "))
             total = time.perf_counter() - started
@@ -156,7 +159,7 @@ async def main() -> None:
     print(f"{'group':<28} {'n':>4} " + " ".join(f"{c:>18}" for c in columns))
     for group in sorted(per, key=lambda g: (g != "all", g)):
         n = len(per[group]["hit@k"])
-        print(f"{group:<28} {n:>4} " + " ".join(f"{pct(per[group][c]):>18}" for c in columns))
+        print(f"{group:<28} {n:>4} " + " ".join(f"{pct(per[group].get(c, [])):>18}" for c in columns))
     s = sorted(search_ms)
     a = sorted(answer_ms)
     latency = {
@@ -167,7 +170,7 @@ async def main() -> None:
     if ingest:
         print("ingestion:", ingest)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    summary = {g: {c: statistics.fmean(v) for c, v in per[g].items()} | {"n": len(per[g]["hit@k"])} for g in per}
+    summary = {g: {c: statistics.fmean(v) for c, v in per[g].items() if v} | {"n": len(per[g]["hit@k"])} for g in per}
     RESULTS.write_text(json.dumps({"k": args.k, "groups": summary, "latency": latency, "ingest": ingest}, indent=2))
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 

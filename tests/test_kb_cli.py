@@ -155,3 +155,17 @@ def test_unknown_knowledge_base_and_duplicate_names_are_clear_errors(config: Pat
     assert chunking.exit_code != 0 and "invalid chunking" in chunking.output
     assert kb(config, "delete", "dup", "--yes").exit_code == 0
     assert "dup" not in kb(config, "list").output
+
+
+def test_sentence_vectors_are_kept_and_used_for_ranking(config: Path, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    created = kb(config, "create", "handbook", "--sentence-vectors")
+    assert created.exit_code == 0
+    if "embeddings: none" in created.output:
+        pytest.skip("sentence vectors need the MiniLM model")
+    assert "sentence vectors" in kb(config, "show", "handbook").output
+    assert "4 added" in kb(config, "ingest", "handbook", str(corpus)).output
+    hit = kb(config, "search", "handbook", "how much is the chief executive paid", "--as-group", "hr").output
+    assert "hr/salaries.md" in hit.splitlines()[0]
+    staff = kb(config, "search", "handbook", "how much is the chief executive paid", "--as-group", "staff").output
+    assert SALARY_MARKER not in staff and "hr/salaries.md" not in staff

@@ -20,9 +20,9 @@ import numpy as np
 from gengate.errors import ConfigError, RequestError
 from gengate.guard.base import ScanRequest, Stage
 from gengate.guard.detectors.injection import InjectionDetector
-from gengate.rag.chunk import ChunkingSettings, chunk_text
+from gengate.rag.chunk import ChunkingSettings, chunk_text, split_sentences
 from gengate.rag.embedder import Embedder
-from gengate.rag.index import MemoryIndex, RetrievalSettings
+from gengate.rag.index import MemoryIndex, PartVectors, RetrievalSettings
 from gengate.rag.pgvector import PgVectorIndex
 from gengate.rag.sources import ScanResult, SourceDoc
 from gengate.rag.types import AccessList, Hit, IndexRow, Piece
@@ -107,7 +107,7 @@ class KnowledgeBases:
 
     async def create(
         self, name: str, *, description: str = "", chunking: ChunkingSettings | None = None,
-        default_access: AccessList | None = None,
+        default_access: AccessList | None = None, sentence_vectors: bool = False,
     ) -> KbRecord:  # fmt: skip
         """Create an empty knowledge base."""
         if not name or len(name) > 128 or not all(c.isalnum() or c in "-_." for c in name):
@@ -119,7 +119,7 @@ class KnowledgeBases:
                        "teams": list(default_access.teams)}  # fmt: skip
         return await self.store.create(
             name, description=description, chunking=chunking.model_dump(), default_access=default,
-            embeddings=self.embedder.name,
+            embeddings=self.embedder.name, sentence_vectors=sentence_vectors and self.embedder.enabled,
         )  # fmt: skip
 
     @staticmethod
@@ -149,8 +149,11 @@ class KnowledgeBases:
         pieces = chunk_text(text, chunking)
         flags = [bool(self._scanner.scan(ScanRequest(p.text, stage=Stage.CONTEXT))) for p in pieces]
         vectors: np.ndarray | None = None
+        parts: list[bytes | None] = [None] * len(pieces)
         if pieces and self._embeds(record):
             vectors = await self.embedder.aencode([embedding_text(title, p.heading, p.text) for p in pieces])
+            if record.sentence_vectors:
+                parts = await self._sentence_vectors(title, pieces)
         chunks = [
             NewChunk(
                 ord=i,
@@ -161,10 +164,30 @@ class KnowledgeBases:
                 end=p.end,
                 embedding=vectors[i].astype("<f4").tobytes() if vectors is not None else None,
                 suspicious=flags[i],
+                parts=parts[i],
             )
             for i, p in enumerate(pieces)
         ]
         return pieces, chunks
+
+    async def _sentence_vectors(self, title: str, pieces: Sequence[Piece]) -> list[bytes | None]:
+        """One vector for the title and one per sentence of each chunk: retrieval scores a chunk by its best
+        sentence too (bench/retrieval_eval.py measures what that adds)."""
+        owners: list[int] = []
+        texts: list[str] = []
+        for i, piece in enumerate(pieces):
+            units = ([title.strip()] if title.strip() else []) + [
+                piece.text[a:b] for a, b in split_sentences(piece.text)
+            ]
+            owners += [i] * len(units)
+            texts += units
+        vectors = await self.embedder.aencode(texts)
+        owner = np.asarray(owners, dtype=np.int64)
+        out: list[bytes | None] = []
+        for i in range(len(pieces)):
+            mine = vectors[np.flatnonzero(owner == i)]
+            out.append(mine.astype("<f4").tobytes() if len(mine) else None)
+        return out
 
     async def ingest(
         self, name: str, scan: ScanResult, *, source: str, prune: bool = True, progress: Progress | None = None
@@ -323,11 +346,17 @@ class KnowledgeBases:
             for c in chunks
         ]
         matrix = None
+        parts = None
         if dense:
-            matrix = np.frombuffer(b"".join(c.embedding or b"" for c in chunks), dtype="<f4").reshape(
-                len(chunks), self.embedder.dimension
-            )
-        index = MemoryIndex(rows, matrix, settings=retrieval)
+            dim = self.embedder.dimension
+            matrix = np.frombuffer(b"".join(c.embedding or b"" for c in chunks), dtype="<f4").reshape(len(chunks), dim)
+            if any(c.parts for c in chunks):
+                blocks = [np.frombuffer(c.parts, dtype="<f4").reshape(-1, dim) for c in chunks if c.parts]
+                owners = np.concatenate(
+                    [np.full(len(c.parts) // (4 * dim), i, dtype=np.int64) for i, c in enumerate(chunks) if c.parts]
+                )
+                parts = PartVectors(owners, np.concatenate(blocks))
+        index = MemoryIndex(rows, matrix, settings=retrieval, parts=parts)
         return _Loaded(generation, index, {c.chunk_id: c for c in chunks})
 
     async def search(

@@ -40,6 +40,7 @@ _STOPWORD_TEXT = """
     which while who whom why will with would you your yours yourself yourselves"""
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"[^\W_]+")
+_BATCH = 4096  # rows tokenised at a time while building
 _ASCII_PUNCTUATION = str.maketrans(dict.fromkeys(string.punctuation, " "))
 
 
@@ -60,6 +61,11 @@ def light_stem(word: str) -> str:
             if stem[-1] == stem[-2] and stem[-1] not in "lsz":  # "stopped" → "stop"
                 stem = stem[:-1]
             return stem
+    # "activation", "activate" → "activat", as "activated" and "activating" became above.
+    if word.endswith("ation") and len(word) > 7:
+        return word[:-3]
+    if word.endswith("e") and not word.endswith("ee") and len(word) > 4:
+        return word[:-1]
     return word
 
 
@@ -103,14 +109,15 @@ class Analyzer:
 
 class Bm25Settings(BaseModel):
     """BM25F parameters: one saturation `k1`, a length normalisation `b` per field, and the title field's weight
-    (the title field holds the document title and the chunk's heading path)."""
+    (the title field holds the document title and the chunk's heading path). `combine="sum"` adds two separate
+    BM25 scores instead (weighted). Defaults: best on SciFact train queries (bench/retrieval_eval.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     k1: float = Field(1.2, gt=0, le=10)
     b: float = Field(0.75, ge=0, le=1)
-    title_weight: float = Field(1.0, ge=0, le=20)
-    title_b: float = Field(0.5, ge=0, le=1)
+    title_weight: float = Field(2.0, ge=0, le=20)
+    title_b: float = Field(1.0, ge=0, le=1)
     combine: Literal["bm25f", "sum"] = "bm25f"
     stem: Literal["none", "plural", "light"] = "light"
 
@@ -158,21 +165,34 @@ class LexicalIndex:
             self._fwd = (row_offsets, terms[by_row].astype(np.int32), (tf_text + tf_title)[by_row])
 
     def _count(self, texts: Sequence[str]) -> tuple[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]], Scores]:
-        """Sorted unique (term * N + row) keys with their counts, and the number of terms per row."""
-        words = [self.analyzer.words(t) for t in texts]
-        flat = list(chain.from_iterable(words))
-        # Each distinct word is analysed once (in sorted order, so term ids are deterministic); every token is then
-        # a dict lookup done in C.
-        ids: dict[str, int] = {}
-        for word in sorted(set(flat)):
-            term = self.analyzer.term(word)
-            ids[word] = -1 if term is None else self._vocab.setdefault(term, len(self._vocab))
-        term_ids = np.fromiter(map(ids.__getitem__, flat), dtype=np.int64, count=len(flat))
-        row_ids = np.repeat(np.arange(len(texts), dtype=np.int64), [len(w) for w in words])
-        kept = term_ids >= 0
-        lengths = np.bincount(row_ids[kept], minlength=len(texts)).astype(np.float64)
-        keys, counts = _unique_counts(term_ids[kept] * max(len(texts), 1) + row_ids[kept])
-        return (keys, counts), lengths
+        """Sorted unique (term * N + row) keys with their counts, and the number of terms per row.
+
+        Rows are read in batches, so the token strings of only one batch are alive at a time."""
+        n = max(len(texts), 1)
+        ids: dict[str, int] = {}  # word → term id, or -1 for a stopword
+        keys: list[npt.NDArray[np.int64]] = []
+        counts: list[npt.NDArray[np.int64]] = []
+        lengths = np.zeros(len(texts), dtype=np.float64)
+        for first in range(0, len(texts), _BATCH):
+            words = [self.analyzer.words(t) for t in texts[first : first + _BATCH]]
+            flat = list(chain.from_iterable(words))
+            # Each new word is analysed once (new words in sorted order, so term ids are deterministic); every
+            # token is then a dict lookup done in C.
+            for word in sorted(set(flat).difference(ids)):
+                term = self.analyzer.term(word)
+                ids[word] = -1 if term is None else self._vocab.setdefault(term, len(self._vocab))
+            term_ids = np.fromiter(map(ids.__getitem__, flat), dtype=np.int64, count=len(flat))
+            row_ids = np.repeat(np.arange(first, first + len(words), dtype=np.int64), [len(w) for w in words])
+            kept = term_ids >= 0
+            lengths[first : first + len(words)] = np.bincount(row_ids[kept] - first, minlength=len(words))
+            batch_keys, batch_counts = _unique_counts(term_ids[kept] * n + row_ids[kept])
+            keys.append(batch_keys)
+            counts.append(batch_counts)
+        if not keys:
+            return (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)), lengths
+        all_keys = np.concatenate(keys)
+        order = np.argsort(all_keys, kind="stable")
+        return (all_keys[order], np.concatenate(counts)[order]), lengths
 
     @property
     def vocabulary_size(self) -> int:

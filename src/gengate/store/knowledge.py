@@ -31,6 +31,7 @@ class KbRecord:
     embeddings: str
     generation: int
     created_at: float
+    sentence_vectors: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class NewChunk:
     end: int
     embedding: bytes | None
     suspicious: bool = False
+    parts: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class StoredChunk:
     metadata: dict[str, str]
     embedding: bytes | None
     suspicious: bool
+    parts: bytes | None = None
 
 
 @dataclass
@@ -114,6 +117,7 @@ def _kb_from(row: sa.Row[Any]) -> KbRecord:
         embeddings=m["embeddings"],
         generation=int(m["generation"]),
         created_at=float(m["created_at"]),
+        sentence_vectors=bool(m["sentence_vectors"]),
     )
 
 
@@ -137,6 +141,7 @@ class KnowledgeStore:
         chunking: dict[str, Any],
         default_access: dict[str, list[str]] | None,
         embeddings: str,
+        sentence_vectors: bool = False,
     ) -> KbRecord:
         """Create a knowledge base; Conflict if the name is taken."""
         now = time.time()
@@ -148,7 +153,7 @@ class KnowledgeStore:
                 knowledge_bases.insert().values(
                     name=name, description=description, chunking=json.dumps(chunking),
                     default_access=json.dumps(default_access) if default_access else None,
-                    embeddings=embeddings, generation=0, created_at=now,
+                    embeddings=embeddings, sentence_vectors=sentence_vectors, generation=0, created_at=now,
                 )
             )  # fmt: skip
             await _event(conn, name, "created", detail=json.dumps({"chunking": chunking, "embeddings": embeddings}))
@@ -366,6 +371,7 @@ class KnowledgeStore:
                 kb_documents.c.doc_metadata,
                 kb_chunks.c.embedding,
                 kb_chunks.c.suspicious,
+                kb_chunks.c.parts,
             )
             .join(kb_documents, kb_documents.c.id == kb_chunks.c.document)
             .where(kb_chunks.c.kb == kb, kb_chunks.c.active.is_(True), kb_documents.c.active.is_(True))
@@ -388,6 +394,7 @@ class KnowledgeStore:
                 metadata=json.loads(r[8] or "{}"),
                 embedding=r[9],
                 suspicious=bool(r[10]),
+                parts=r[11],
             )
             for r in rows
         ]
@@ -454,6 +461,7 @@ async def _insert_chunks(conn: AsyncConnection, kb: str, pk: int, chunks: Sequen
                 "span_end": c.end,
                 "embedding": c.embedding,
                 "suspicious": c.suspicious,
+                "parts": c.parts,
                 "active": True,
             }
             for c in chunks

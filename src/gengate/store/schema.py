@@ -98,6 +98,7 @@ knowledge_bases = sa.Table(
     sa.Column("chunking", sa.Text, nullable=False),  # JSON ChunkingSettings
     sa.Column("default_access", sa.Text, nullable=True),  # JSON AccessList, or NULL: documents must bring one
     sa.Column("embeddings", sa.String(64), nullable=False),  # the embedding model's name, or "none"
+    sa.Column("sentence_vectors", sa.Boolean, nullable=False, default=False),  # a vector per title and sentence
     sa.Column("generation", sa.Integer, nullable=False, default=0),  # bumped on every change: indexes reload
     sa.Column("created_at", sa.Float, nullable=False),
 )
@@ -137,6 +138,7 @@ kb_chunks = sa.Table(
     sa.Column("span_start", sa.Integer, nullable=False),
     sa.Column("span_end", sa.Integer, nullable=False),
     sa.Column("embedding", sa.LargeBinary, nullable=True),  # float32 little-endian
+    sa.Column("parts", sa.LargeBinary, nullable=True),  # sentence vectors, float32 [n, dim], when the KB keeps them
     sa.Column("suspicious", sa.Boolean, nullable=False, default=False),
     sa.Column("active", sa.Boolean, nullable=False, default=True),
 )

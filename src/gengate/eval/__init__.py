@@ -1,0 +1,1 @@
+"""Evaluation: repeated trials, metrics, paired statistics and the CI regression gate."""
