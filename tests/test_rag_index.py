@@ -240,7 +240,8 @@ def test_bad_shapes_and_settings_are_rejected() -> None:
 @pytest.mark.parametrize(
     ("word", "stem"),
     [("kidneys", "kidney"), ("studies", "study"), ("cells", "cell"), ("running", "run"), ("treated", "treat"),
-     ("analysis", "analysis"), ("gas", "gas"), ("il6", "il6"), ("größe", "größe")],
+     ("analysis", "analysis"), ("gas", "gas"), ("il6", "il6"), ("größe", "größe"), ("activation", "activat"),
+     ("activates", "activat"), ("activated", "activat"), ("increases", "increas"), ("agree", "agree")],
 )  # fmt: skip
 def test_light_stemmer(word: str, stem: str) -> None:
     assert light_stem(word) == stem

@@ -40,7 +40,8 @@ class AppOutcome:
     """What an app answered, and how."""
 
     text: str
-    sources: list[Source] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)  # the ones the answer cites
+    context: list[Source] = field(default_factory=list)  # every permitted chunk the answer was written from
     blocked: bool = False
     no_answer: bool = False
     retrieved: int = 0
@@ -125,6 +126,7 @@ async def run_app(call: Any, name: str, messages: list[dict[str, Any]], body: di
             )
         )
 
+    outcome.context = sources
     answerer = gateway.answerers[name]
     passages = [Passage(ref=s.ref, text=s.text, title=s.title, score=s.score) for s in sources]
     extract = await asyncio.to_thread(answerer.answer, query, passages) if passages else None

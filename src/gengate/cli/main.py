@@ -10,6 +10,8 @@ import click
 
 from gengate.auth.keys import KeySpec, create_key
 from gengate.cli.common import config_option, settings_or_exit, with_store
+from gengate.cli.dataset import dataset
+from gengate.cli.eval import eval_group
 from gengate.cli.guard import guard
 from gengate.cli.kb import kb
 from gengate.cli.keys import keys
@@ -28,6 +30,8 @@ def main() -> None:
 main.add_command(keys)
 main.add_command(guard)
 main.add_command(kb)
+main.add_command(eval_group)
+main.add_command(dataset)
 
 
 async def _bootstrap_key(store: Store) -> str | None:

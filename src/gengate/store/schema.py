@@ -159,6 +159,32 @@ kb_events = sa.Table(
 sa.Index("ix_kb_events_kb_ts", kb_events.c.kb, kb_events.c.ts)
 
 
+# -- evaluation datasets (v4) -------------------------------------------------------------------------------
+
+eval_datasets = sa.Table(
+    "eval_datasets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),  # sha256 of the canonical cases: the version's identity
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("case_count", sa.Integer, nullable=False),
+    sa.Column("source", sa.Text, nullable=False, default=""),  # the imported file's name, never its full path
+    sa.UniqueConstraint("name", "version", name="uq_eval_datasets_version"),
+)
+
+eval_cases = sa.Table(
+    "eval_cases",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dataset_pk", sa.Integer, nullable=False),  # eval_datasets.id
+    sa.Column("case_id", sa.String(256), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),  # JSON: the case in canonical form
+)
+sa.Index("ix_eval_cases_dataset", eval_cases.c.dataset_pk)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[api_keys, requests])
 
@@ -172,4 +198,8 @@ def _v3(conn: Connection) -> None:
     metadata.create_all(conn, tables=[knowledge_bases, kb_documents, kb_chunks, kb_events])
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
+def _v4(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[eval_datasets, eval_cases])
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]

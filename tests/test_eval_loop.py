@@ -1,0 +1,138 @@
+"""The inner loop end to end, as a team runs it in CI: import a dataset, run an app with repeated trials,
+set a baseline, and gate. A change that really hurts (top-k of 1) fails the gate; the same configuration re-run
+with another seed passes; the HTML report shows the metric that moved; an interrupted run resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from gengate.cli.main import main
+from gengate.eval.datasets import parse_dataset
+from gengate.eval.runner import Experiment, Journal, Variant
+from gengate.rag.kb import KnowledgeBases
+from gengate.rag.sources import scan_source
+from gengate.settings import load_settings
+from gengate.store.db import open_store
+from gengate.store.knowledge import KnowledgeStore
+
+TOPICS = ["parking", "canteen", "gym", "library", "printing", "wifi", "lockers", "bicycles", "badges", "mail",
+          "plants", "coffee"]  # fmt: skip
+
+
+def _corpus(folder: Path) -> Path:
+    """Two documents per topic (rules and hours), so a complete answer needs both."""
+    for i, topic in enumerate(TOPICS):
+        for kind, fact in (
+            ("rules", f"{topic} permit code is R{i:02d}X"),
+            ("hours", f"{topic} opens at {7 + i % 5} am"),
+        ):
+            path = folder / f"{topic}-{kind}.md"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"---\naccess: {{groups: [staff]}}\n---\n# {topic.title()} {kind}\n\nThe {fact}.\n")
+    return folder
+
+
+def _dataset(path: Path) -> Path:
+    rows = [
+        {"id": f"q-{topic}", "question": f"What is the {topic} permit code and when does the {topic} open?",
+         "required_facts": [f"R{i:02d}X", f"{7 + i % 5} am"], "gold_ids": [f"{topic}-rules.md", f"{topic}-hours.md"],
+         "tags": ["facilities"], "identity": {"subject": "bob", "team": "staff", "groups": ["staff"]}}
+        for i, topic in enumerate(TOPICS)
+    ]  # fmt: skip
+    rows.append({"id": "q-secret", "question": "What is the CEO salary?", "expected": {"outcome": "no_answer"},
+                 "identity": {"subject": "bob", "groups": ["staff"]}, "tags": ["access"]})  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    config = tmp_path / "gengate.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "telemetry": {"log_level": "WARNING"},
+                "apps": {"facilities": {"knowledge_bases": ["facilities"], "top_k": 4, "answer_sentences": 3}},
+            }
+        )
+    )
+    settings = load_settings(config, environ={})
+
+    async def load() -> None:
+        store = await open_store(settings.database_url)
+        try:
+            kbs = KnowledgeBases(KnowledgeStore(store.engine), settings.rag)
+            await kbs.create("facilities")
+            await kbs.ingest("facilities", scan_source(_corpus(tmp_path / "docs")), source="docs")
+        finally:
+            await store.close()
+
+    asyncio.run(load())
+    return config
+
+
+def cli(config: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, [*args, "--config", str(config)], catch_exceptions=False)
+
+
+def _run(config: Path, *args: str) -> str:
+    result = cli(config, "eval", "run", "facts", "--app", "facilities", "--trials", "2", *args)
+    assert result.exit_code == 0, result.output
+    return _run_id(result.output)
+
+
+def _run_id(output: str) -> str:
+    line = next(line for line in output.splitlines() if line.startswith("facts-"))
+    return line.split(":", 1)[0]
+
+
+def test_gate_fails_a_real_regression_and_passes_a_rerun(project: Path, tmp_path: Path) -> None:
+    imported = cli(project, "dataset", "import", "facts", str(_dataset(tmp_path / "facts.jsonl")))
+    assert imported.exit_code == 0, imported.output
+
+    base = _run(project, "--seed", "1")
+    assert cli(project, "eval", "baseline", "set", base).exit_code == 0
+
+    rerun = _run(project, "--seed", "2")
+    ok = cli(project, "eval", "gate", rerun)
+    assert ok.exit_code == 0, ok.output
+
+    worse = _run(project, "--variant", "top1", "--set", "top_k=1")
+    junit = tmp_path / "gate.xml"
+    failed = cli(project, "eval", "gate", worse, "--junit", str(junit))
+    assert failed.exit_code == 1, failed.output
+    assert "recall@5" in failed.output and "❌" in failed.output
+    assert "<failure" in junit.read_text()
+
+    report = (tmp_path / "data" / "evals" / f"{worse}.html").read_text()
+    assert "recall@5" in report and "<svg" in report and "permit code and when does the" in report
+    compared = cli(project, "eval", "compare", base, worse)
+    assert compared.exit_code == 0 and Path(compared.output.split(": ", 1)[1].strip()).is_file()
+
+    run = json.loads((tmp_path / "data" / "evals" / f"{base}.json").read_text())
+    secret = [t for t in run["trials"] if t["case_id"] == "q-secret"]
+    assert len(secret) == 2 and all(t["outcome"] == "no_answer" and t["passed"]["guard_outcome"] for t in secret)
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_trials(project: Path, tmp_path: Path) -> None:
+    settings = load_settings(project, environ={})
+    cases = parse_dataset(_dataset(tmp_path / "facts.jsonl")).cases
+    journal = Journal(tmp_path / "run.jsonl")
+    experiment = Experiment(settings, "facilities", "facts", 1, cases, Variant(), trials=2, metrics=["contains"])
+    first = asyncio.run(experiment.run(journal, run_id="r1"))
+    assert len(first.trials) == 2 * len(cases)
+    lines = journal.path.read_text().splitlines()
+    journal.path.write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:20])  # 5 trials lost, one line torn
+    second = asyncio.run(experiment.run(journal, run_id="ignored"))
+    assert second.run_id == "r1" and len(second.trials) == 2 * len(cases)
+    assert len(journal.path.read_text().splitlines()) == len(lines) + 1  # the torn line stays, ignored
+    assert {(t.case_id, t.trial): t.answer for t in second.trials} == {
+        (t.case_id, t.trial): t.answer for t in first.trials
+    }
