@@ -245,6 +245,11 @@ def main() -> None:
         log(f"evaluating {name} on test")
         metrics = evaluate(build(settings), docs, queries, qrels["test"], qvec)
         out["quality"][name] = {k: round(v, 4) for k, v in metrics.items()}
+    if embeddings is not None:  # what a knowledge base created without --sentence-vectors gets
+        log("evaluating hybrid without sentence vectors on test")
+        plain = MemoryIndex(rows, embeddings, settings=RetrievalSettings())
+        metrics = evaluate(plain, docs, queries, qrels["test"], qvec)
+        out["quality"]["hybrid, no sentence vectors"] = {k: round(v, 4) for k, v in metrics.items()}
 
     test_ids = list(qrels["test"])
     for mode in ["lexical"] + (["dense", "hybrid"] if embeddings is not None else []):

@@ -136,3 +136,32 @@ def test_an_interrupted_run_resumes_without_redoing_finished_trials(project: Pat
     assert {(t.case_id, t.trial): t.answer for t in second.trials} == {
         (t.case_id, t.trial): t.answer for t in first.trials
     }
+
+
+def test_calibrate_reports_agreement_with_human_labels(tmp_path: Path) -> None:
+    context = ["The CEO salary is 1,250,000 euros per year.", "Annual leave is 25 days per calendar year."]
+    rows = [
+        {"question": "CEO pay?", "answer": "The CEO salary is 1,250,000 euros per year.", "contexts": context,
+         "human": 5},
+        {"question": "Leave?", "answer": "Annual leave is 25 days per calendar year.", "contexts": context, "human": 5},
+        {"question": "Leave?", "answer": "Annual leave is 40 days and unlimited sick pay.", "contexts": context,
+         "human": 1},
+        {"question": "CEO pay?", "answer": "The CEO earns 9 million dollars in stock.", "contexts": context,
+         "human": 1},
+        {"question": "Leave?", "answer": "Leave is 25 days; the CEO salary is secret.", "contexts": context,
+         "human": 3},
+    ]  # fmt: skip
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join(json.dumps(r) for r in rows))
+    config = tmp_path / "gengate.yaml"
+    config.write_text(yaml.safe_dump({"storage": {"data_dir": str(tmp_path / "data")}}))
+    result = cli(config, "eval", "calibrate", str(labels), "--metric", "faithfulness", "--threshold", "0.5",
+                 "--human-threshold", "3")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    spearman = float(result.output.split("Spearman ", 1)[1].split()[0])
+    assert spearman > 0.5 and "kappa" in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "x"}\n')
+    refused = CliRunner().invoke(main, ["eval", "calibrate", str(bad), "--metric", "faithfulness", "--config",
+                                        str(config)])  # fmt: skip
+    assert refused.exit_code != 0 and "bad.jsonl:1" in refused.output

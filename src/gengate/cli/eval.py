@@ -17,7 +17,9 @@ import click
 import yaml
 
 from gengate.cli.common import config_option, settings_or_exit, with_store
+from gengate.eval.calibrate import calibrate
 from gengate.eval.gate import GateRule, RunScores, gate
+from gengate.eval.metrics.base import EvalCase, MetricRegistry, Observation, is_async_metric
 from gengate.eval.report_ci import junit_xml, markdown_summary
 from gengate.eval.report_html import comparison_report, run_report
 from gengate.eval.results import RunResult, case_passes, case_scores, run_from_json, summarise, to_json
@@ -232,3 +234,53 @@ def gate_run(
     if junit_path is not None:
         junit_path.write_text(junit_xml(result, suite=f"gengate-eval-{candidate.dataset}"), encoding="utf-8")
     sys.exit(0 if result.passed else 1)
+
+
+@eval_group.command("calibrate")
+@config_option
+@click.argument("labels", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--metric", "metric_name", required=True, help="The metric to calibrate (e.g. faithfulness).")
+@click.option("--threshold", type=float, default=None, help="Metric value below which a case is flagged.")
+@click.option("--human-threshold", type=float, default=None, help="Human score below which a case is flagged.")
+def calibrate_metric(
+    config_path: str | None, labels: Path, metric_name: str, threshold: float | None, human_threshold: float | None
+) -> None:
+    """How far to trust a metric: Spearman, kappa and precision/recall against human labels.
+
+    LABELS is JSONL, one case per line: {"question", "answer", "contexts": [...], "human": <score>} (plus optional
+    "reference", "required_facts", "gold_ids", "retrieved_ids")."""
+    settings_or_exit(config_path)
+    registry = MetricRegistry()
+    try:
+        metric = registry.build(metric_name)
+    except (KeyError, ValueError) as exc:
+        raise click.ClickException(f"metric {metric_name!r}: {exc}") from None
+    if is_async_metric(metric):
+        raise click.ClickException(f"{metric_name} calls a model; calibrate it with `gengate eval run` results")
+    values: list[float | None] = []
+    humans: list[float] = []
+    for number, line in enumerate(labels.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            case = EvalCase(str(number), str(row["question"]), row.get("reference"),
+                            tuple(row.get("required_facts", ())), tuple(row.get("gold_ids", ())))  # fmt: skip
+            obs = Observation(answer=str(row["answer"]), retrieved_texts=tuple(map(str, row.get("contexts", ()))),
+                              retrieved_ids=tuple(map(str, row.get("retrieved_ids", ()))))  # fmt: skip
+            human = float(row["human"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise click.ClickException(f"{labels.name}:{number}: {type(exc).__name__}: {exc}") from None
+        values.append(metric.score(case, obs).value)  # type: ignore[union-attr]
+        humans.append(human)
+    if not humans:
+        raise click.ClickException(f"{labels.name}: no labelled cases")
+    report = calibrate(values, humans, threshold=threshold, human_threshold=human_threshold)
+    low, high = report.spearman_ci
+    click.echo(f"{metric_name} vs human labels: n={report.n} (skipped {report.skipped})")
+    click.echo(f"  Spearman {report.spearman:.3f}  (95% CI {low:.3f} to {high:.3f})")
+    if report.kappa is not None:
+        click.echo(
+            f"  Cohen's kappa {report.kappa:.3f} · precision {report.precision:.3f} · recall {report.recall:.3f} · "
+            f"F1 {report.f1:.3f} at metric < {threshold} vs human < {human_threshold}"
+        )
