@@ -473,3 +473,10 @@ def test_registries_are_independent() -> None:
     one, two = MetricRegistry(load_plugins=False), MetricRegistry(load_plugins=False)
     one.register("short_answer", lambda options: ShortAnswer(**options))
     assert "short_answer" in one and "short_answer" not in two
+
+
+def test_ndcg_counts_a_document_ranked_twice_once() -> None:
+    from gengate.eval.metrics.retrieval import ndcg_at_k
+
+    assert ndcg_at_k(["a", "a", "a", "b"], {"a": 1}, k=10) == 1.0
+    assert 0.0 < ndcg_at_k(["b", "a", "a"], {"a": 1}, k=10) < 1.0

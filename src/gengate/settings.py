@@ -352,6 +352,8 @@ class AppSettings(_Model):
     guard_profile: str | None = None  # default: the caller's team profile
     no_answer: str = "I could not find anything about that in the documents you have access to."
     answer_sentences: int = Field(3, ge=1, le=10)
+    # The offline answerer's relevance check with MiniLM: answers paraphrases, but costs ~0.5 s per answer here.
+    extractive_encoder: bool = True
     where: dict[str, str] = {}  # a fixed metadata filter on every retrieval
     retrieval: RetrievalSettings | None = None  # overrides rag.retrieval
     tools: list[ToolSpec] = []

@@ -160,7 +160,8 @@ async def open_gateway(settings: Settings) -> Gateway:
     kbs = KnowledgeBases(KnowledgeStore(store.engine), settings.rag, embedder)
     encoder = embedder if embedder.enabled else None
     answerers = {
-        name: ExtractiveAnswerer(encoder, max_sentences=app.answer_sentences) for name, app in settings.apps.items()
+        name: ExtractiveAnswerer(encoder if app.extractive_encoder else None, max_sentences=app.answer_sentences)
+        for name, app in settings.apps.items()
     }
     tools = [tool for app in settings.apps.values() for tool in app.tools]
     gateway = Gateway(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -41,11 +42,12 @@ from gengate.telemetry.traces import TraceRecord
 from gengate.types import Principal
 
 APP_KEYS = {"system_prompt", "model", "top_k", "knowledge_bases", "retrieval", "guard_profile", "no_answer",
-            "answer_sentences", "where"}  # fmt: skip
+            "answer_sentences", "where", "extractive_encoder"}  # fmt: skip
 REQUEST_KEYS = {"temperature", "top_p", "max_tokens"}
 DEFAULT_METRICS = ("contains", "token_f1", "faithfulness", "answer_relevance", "refusal", "guard_outcome",
                    "recall@5", "mrr@10", "latency", "cost")  # fmt: skip
 LOWER_IS_BETTER = {"latency", "cost"}
+log = logging.getLogger("gengate.eval")
 
 Progress = Callable[[int, int], None]
 
@@ -243,7 +245,7 @@ class Experiment:
         latency = (time.perf_counter() - started) * 1000
         status: GuardOutcome = "blocked" if outcome.blocked else "no_answer" if outcome.no_answer else "answered"
         obs = Observation(
-            answer=outcome.text, retrieved_ids=tuple(s.doc_id for s in outcome.context),
+            answer=outcome.text, retrieved_ids=tuple(dict.fromkeys(s.doc_id for s in outcome.context)),
             retrieved_texts=tuple(s.text for s in outcome.context), citations=tuple(s.doc_id for s in outcome.sources),
             guard_outcome=status, template="blocked" if outcome.blocked else None, latency_ms=latency,
             cost_usd=call.trace.cost_usd,
@@ -252,7 +254,12 @@ class Experiment:
         scores: dict[str, float | None] = {}
         passed: dict[str, bool | None] = {}
         for name, metric in metrics.items():
-            result = await metric.ascore(ec, obs) if is_async_metric(metric) else metric.score(ec, obs)  # type: ignore[union-attr]
+            try:
+                result = await metric.ascore(ec, obs) if is_async_metric(metric) else metric.score(ec, obs)  # type: ignore[union-attr]
+            except (ValueError, TypeError, GengateError, TimeoutError) as exc:
+                log.warning("metric %s failed on case %s: %s", name, case.case_id, exc)
+                scores[name], passed[name] = None, None  # one broken metric must not lose the run
+                continue
             scores[name], passed[name] = result.value, result.passed
         return TrialResult(
             case.case_id, trial, answer=outcome.text, outcome=status,

@@ -35,8 +35,16 @@ Qrels = Mapping[str, Mapping[str, int]]  # query id → {doc id: relevance}
 
 
 def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int = 10) -> float:
-    """Normalised discounted cumulative gain of the top `k` of `ranked` (0 when nothing is relevant)."""
-    dcg = sum(relevant.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
+    """Normalised discounted cumulative gain of the top `k` of `ranked` (0 when nothing is relevant).
+
+    A document ranked again (several chunks of one document) gains only at its first rank, so the value stays
+    in [0, 1]."""
+    seen: set[str] = set()
+    dcg = 0.0
+    for i, doc in enumerate(ranked[:k]):
+        if doc not in seen:
+            seen.add(doc)
+            dcg += relevant.get(doc, 0) / math.log2(i + 2)
     ideal = sorted((r for r in relevant.values() if r > 0), reverse=True)[:k]
     idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
