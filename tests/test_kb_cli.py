@@ -10,6 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from conftest import require
 from gengate.cli.main import main
 from rag_corpus import SALARY_MARKER, write_corpus
 
@@ -162,7 +163,7 @@ def test_sentence_vectors_are_kept_and_used_for_ranking(config: Path, tmp_path: 
     created = kb(config, "create", "handbook", "--sentence-vectors")
     assert created.exit_code == 0
     if "embeddings: none" in created.output:
-        pytest.skip("sentence vectors need the MiniLM model")
+        require("the MiniLM model", "sentence vectors need it")
     assert "sentence vectors" in kb(config, "show", "handbook").output
     assert "4 added" in kb(config, "ingest", "handbook", str(corpus)).output
     hit = kb(config, "search", "handbook", "how much is the chief executive paid", "--as-group", "hr").output

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from conftest import require
 from gengate.embed import minilm
 from gengate.rag.answer import ExtractiveAnswer, ExtractiveAnswerer, Passage, segment, split_sentences
 
@@ -165,7 +166,7 @@ def answerer() -> ExtractiveAnswerer:
 @pytest.fixture(scope="module")
 def encoder() -> minilm.MiniLMEncoder:
     if not minilm.available():
-        pytest.skip(minilm.INSTALL_HINT)
+        require("the MiniLM model", minilm.INSTALL_HINT)
     return minilm.MiniLMEncoder()
 
 
@@ -417,7 +418,7 @@ def scifact_pairs() -> list[tuple[str, Passage, Passage]]:
     """(claim, gold abstract, random other abstract) for every train claim, in query-id order, seeded."""
     root = DATASETS / "scifact"
     if not (root / "qrels" / "train.tsv").is_file():
-        pytest.skip("the SciFact dataset is not present")
+        require("the SciFact dataset", "shared/datasets/scifact is not beside the repository")
     queries = {q["_id"]: q["text"] for q in _jsonl(root / "queries.jsonl")}
     corpus = {d["_id"]: Passage(1, d["text"], d.get("title", "")) for d in _jsonl(root / "corpus.jsonl")}
     gold: dict[str, list[str]] = {}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader, PdfWriter
 
+from conftest import require
 from gengate.rag.extract import Extracted, ExtractError, extract_file
 from gengate.rag.sources import (
     NO_ACCESS_MESSAGE,
@@ -670,10 +671,10 @@ def test_content_hash_is_stable_across_runs_and_changes_with_content(tmp_path: P
 
 def test_extracts_a_real_10q_pdf_from_the_shared_dataset() -> None:
     if not DOCUGAMI.is_dir():
-        pytest.skip("shared dataset folder docugami-sec10q is not present")
+        require("the docugami-sec10q dataset", "shared/datasets/docugami-sec10q is not beside the repository")
     pdfs = sorted(DOCUGAMI.glob("*.pdf"), key=lambda p: p.stat().st_size)
     if not pdfs:
-        pytest.skip("no PDFs in the docugami-sec10q folder")
+        require("the docugami-sec10q PDFs", "no PDFs in the dataset folder")
     got: Extracted = extract_file(pdfs[0])
     assert got.format == "pdf"
     assert len(got.text) > 10_000
