@@ -260,7 +260,7 @@ async def ask(request: Request) -> Response:
     call = Call.begin(request, "apps.ask")
     try:
         await call.authenticate(request)
-        body = _ask_body(await request.body())
+        body = _ask_body(await request.body(), call.gateway.settings.server.max_messages)
         name = request.path_params["name"]
         call.trace.model = PREFIX + name
         outcome = await run_app(call, name, body["messages"], body)
@@ -274,7 +274,7 @@ async def ask(request: Request) -> Response:
         call.finish()
 
 
-def _ask_body(raw: bytes) -> dict[str, Any]:
+def _ask_body(raw: bytes, max_messages: int) -> dict[str, Any]:
     from gengate.app.requests import parse_object, validate_chat
 
     body = parse_object(raw)
@@ -286,5 +286,5 @@ def _ask_body(raw: bytes) -> dict[str, Any]:
         if len(question) > 32_000:
             raise RequestError("'question' is longer than 32,000 characters", param="question")
         body["messages"] = [{"role": "user", "content": question}]
-    validate_chat({"model": "app", "messages": body["messages"]}, max_messages=1000)
+    validate_chat({"model": "app", "messages": body["messages"]}, max_messages=max_messages)
     return body
