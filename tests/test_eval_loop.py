@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from gengate.cli.main import main
+from gengate.errors import ConfigError
 from gengate.eval.datasets import parse_dataset
 from gengate.eval.runner import Experiment, Journal, Variant
 from gengate.rag.kb import KnowledgeBases
@@ -165,3 +166,34 @@ def test_calibrate_reports_agreement_with_human_labels(tmp_path: Path) -> None:
     refused = CliRunner().invoke(main, ["eval", "calibrate", str(bad), "--metric", "faithfulness", "--config",
                                         str(config)])  # fmt: skip
     assert refused.exit_code != 0 and "bad.jsonl:1" in refused.output
+
+
+def test_judge_metrics_call_the_configured_judge_model(tmp_path: Path, upstream) -> None:
+    from conftest import base_config, merge
+    from fake_upstream import Step
+
+    config = merge(base_config(upstream, tmp_path / "data"), {"apps": {"facilities": {"knowledge_bases": ["kb"]}}})
+    path = tmp_path / "gengate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings = load_settings(path, environ={})
+
+    async def load() -> None:
+        store = await open_store(settings.database_url)
+        try:
+            kbs = KnowledgeBases(KnowledgeStore(store.engine), settings.rag)
+            await kbs.create("kb")
+            await kbs.ingest("kb", scan_source(_corpus(tmp_path / "docs")), source="docs")
+        finally:
+            await store.close()
+
+    asyncio.run(load())
+    cases = parse_dataset(_dataset(tmp_path / "facts.jsonl")).cases[:3]
+    upstream.queue("fake-model", *[Step(content='{"score": 5}') for _ in range(3)])
+    experiment = Experiment(settings, "facilities", "facts", 1, cases, trials=1, concurrency=1,
+                            metrics=["judge_faithfulness"], judge_model="gpt-test")  # fmt: skip
+    run = asyncio.run(experiment.run(Journal(tmp_path / "j.jsonl"), run_id="judge"))
+    assert [t.scores["judge_faithfulness"] for t in run.trials] == [1.0, 1.0, 1.0]
+    judged = [r for r in upstream.requests if r.get("model") == "fake-model"]
+    assert len(judged) == 3 and "faithful" in json.dumps(judged[0]["messages"]).lower()
+    with pytest.raises(ConfigError, match="judge model"):
+        Experiment(settings, "facilities", "facts", 1, cases, metrics=["judge_relevance"])._metrics()

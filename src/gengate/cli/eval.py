@@ -76,10 +76,11 @@ def _bar(done: int, total: int) -> None:
 @click.option("--seed", type=int, default=0)
 @click.option("--metric", "metrics", multiple=True, help=f"Metric (repeatable; default: {', '.join(DEFAULT_METRICS)}).")
 @click.option("--resume", "resume", default=None, help="Finish an interrupted run by its id.")
+@click.option("--judge-model", "judge_model", default=None, help="Chat alias for judge_faithfulness/judge_relevance.")
 def run(
     config_path: str | None, dataset: str, app: str, version: int | None, variant_name: str,
     overrides: tuple[str, ...], trials: int, concurrency: int, seed: int, metrics: tuple[str, ...],
-    resume: str | None,
+    resume: str | None, judge_model: str | None,
 ) -> None:  # fmt: skip
     """Run a dataset against an app variant, N trials per case; writes the run and its HTML report."""
     settings = settings_or_exit(config_path)
@@ -89,6 +90,7 @@ def run(
         record = await evals.get(dataset, version)
         cases = await evals.cases(dataset, record.version)
         journal_dir = _runs(settings)
+        judge = judge_model
         if resume is not None:
             journal = Journal(journal_dir / f"{Path(resume).name}.jsonl")
             header = journal.header()
@@ -96,13 +98,14 @@ def run(
                 raise click.ClickException(f"no run {resume!r} to resume")
             variant = Variant(header["variant"], header.get("variant_overrides", {}))
             n_trials, run_seed, metric_names = header["trials_per_case"], header["seed"], header["metrics"]
+            judge = header.get("judge_model")
         else:
             variant = Variant(variant_name, _parse_set(overrides))
             n_trials, run_seed, metric_names = trials, seed, list(metrics or DEFAULT_METRICS)
             journal = None
         experiment = Experiment(
             settings, app, dataset, record.version, cases, variant, trials=n_trials, concurrency=concurrency,
-            seed=run_seed, metrics=metric_names,
+            seed=run_seed, metrics=metric_names, judge_model=judge,
         )  # fmt: skip
         if journal is None:
             run_id = f"{dataset}-{variant.name}-{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid4().hex[:4]}"

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from gengate.eval.metrics.base import (
 )
 from gengate.eval.results import Retrieved, RunResult, TrialResult, to_json
 from gengate.eval.results import _trial_from_data as trial_from_data
+from gengate.providers.routing import RouteLog
 from gengate.settings import Settings
 from gengate.telemetry.traces import TraceRecord
 from gengate.types import Principal
@@ -154,6 +155,24 @@ class Journal:
             f.write(to_json(trial, indent=None) + "\n")
 
 
+def _judge(gateway: Gateway, model: str) -> Callable[[list[dict[str, str]]], Awaitable[str]]:
+    """The judge metrics' completion function: one routed call to the judge model (temperature 0)."""
+    if model not in gateway.settings.models or gateway.settings.models[model].kind != "chat":
+        raise ConfigError(f"judge model {model!r} is not a chat model in `models`")
+
+    async def complete(messages: list[dict[str, str]]) -> str:
+        body = await gateway.router.run(
+            model, {"messages": messages, "temperature": 0, "max_tokens": 200}, f"judge-{uuid.uuid4().hex[:12]}",
+            "complete", RouteLog(),
+        )  # fmt: skip
+        choices = body.get("choices") or [{}]
+        message = choices[0].get("message") if isinstance(choices[0], dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        return content if isinstance(content, str) else ""
+
+    return complete
+
+
 def _trial(data: Mapping[str, Any]) -> TrialResult:
     return trial_from_data(data, "journal")
 
@@ -173,32 +192,47 @@ class Experiment:
     seed: int = 0
     metrics: Sequence[str] = DEFAULT_METRICS
     registry: MetricRegistry = field(default_factory=MetricRegistry)
+    judge_model: str | None = None  # chat alias the judge_* metrics call
 
-    def _metrics(self) -> dict[str, AnyMetric]:
+    def _metrics(self, gateway: Gateway | None = None) -> dict[str, AnyMetric]:
         built: dict[str, AnyMetric] = {}
         for name in self.metrics:
+            options: dict[str, Any] = {}
+            if name.startswith("judge_"):
+                if self.judge_model is None:
+                    raise ConfigError(f"metric {name!r} needs a judge model (--judge-model <chat alias>)")
+                if gateway is not None:
+                    options["complete"] = _judge(gateway, self.judge_model)
+                else:
+                    continue  # checked again once the gateway is open
             try:
-                built[name] = self.registry.build(name)
+                built[name] = self.registry.build(name, options)
             except (KeyError, ValueError) as exc:
                 raise ConfigError(f"metric {name!r}: {exc}") from None
         return built
 
     async def run(self, journal: Journal, *, run_id: str | None = None, progress: Progress | None = None) -> RunResult:
         """Run (or resume) every trial; return the whole run."""
-        metrics = self._metrics()
+        self._metrics()  # refuse unknown metrics before anything runs
         header = journal.header()
         if header is None:
             header = {
                 "run_id": run_id or f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
                 "dataset": self.dataset, "dataset_version": str(self.dataset_version), "target": PREFIX + self.app,
                 "variant": self.variant.name, "variant_overrides": dict(self.variant.overrides),
-                "trials_per_case": self.trials, "seed": self.seed, "metrics": list(metrics),
+                "trials_per_case": self.trials, "seed": self.seed, "metrics": list(self.metrics),
+                "judge_model": self.judge_model,
                 "started_at": datetime.now(UTC).isoformat(),
             }  # fmt: skip
             journal.start(header)
         done = journal.done()
         todo = [(c, t) for c in self.cases for t in range(self.trials) if (c.case_id, t) not in done]
         gateway = await open_gateway(variant_settings(self.settings, self.app, self.variant))
+        try:
+            metrics = self._metrics(gateway)
+        except BaseException:
+            await gateway.close()
+            raise
         semaphore = asyncio.Semaphore(self.concurrency)
         finished = len(done)
         total = len(self.cases) * self.trials
