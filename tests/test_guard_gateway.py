@@ -345,3 +345,22 @@ def test_bank_profile_lets_ordinary_banking_through(make_gateway, upstream: Fake
         gw, gw.create_key("team-a"), [{"role": "user", "content": "How do I reset my online banking password?"}]
     )
     assert resp.json()["choices"][0]["message"]["content"] == "Our branches open at nine and close at five on weekdays."
+
+
+def test_embeddings_input_passes_the_input_stage(make_gateway, upstream: FakeUpstream) -> None:
+    embed = {"models": {"fake-embed": {"kind": "embedding", "deployments": [{"provider": "fake", "model": "emb"}]}},
+             "pricing": {"emb": {"input": 0, "output": 0}}}  # fmt: skip
+    gw = make_gateway({**PROFILE, **embed})
+    key = gw.create_key("team-a")
+    url = f"{gw.base_url}/embeddings"
+    headers = {"authorization": f"Bearer {key}"}
+    ok = httpx.post(url, headers=headers, json={"model": "fake-embed", "input": ["hello", f"mail {EMAIL}"]})
+    assert ok.status_code == 200, ok.text
+    sent = upstream.requests[-1]["input"]
+    assert sent[0] == "hello" and EMAIL not in sent[1] and "<EMAIL_1>" in sent[1]
+    before = len(upstream.requests)
+    blocked = httpx.post(url, headers=headers, json={"model": "fake-embed", "input": INJECTION})
+    assert blocked.status_code == 403 and blocked.json()["error"]["code"] == "guard_blocked"
+    assert "input.injection" in blocked.json()["error"]["message"] and len(upstream.requests) == before
+    tokens = httpx.post(url, headers=headers, json={"model": "fake-embed", "input": [1, 2, 3]})
+    assert tokens.status_code == 200

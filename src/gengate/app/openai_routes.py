@@ -22,7 +22,14 @@ from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway
 from gengate.app.guarding import GuardRun, Judge, StreamGuard, blocked_completion, check_answer, check_messages
 from gengate.app.requests import include_usage, parse_object, validate_chat, validate_embeddings
-from gengate.errors import GengateError, PricingMissing, RequestError, UnknownModel, UpstreamError
+from gengate.errors import (
+    GengateError,
+    PermissionDenied,
+    PricingMissing,
+    RequestError,
+    UnknownModel,
+    UpstreamError,
+)
 from gengate.guard.base import Finding, Stage
 from gengate.guard.pipeline import RuleFinding, StageResult
 from gengate.guard.templates import TemplateError, render_model_answer, slot_schema
@@ -440,6 +447,9 @@ async def embeddings(request: Request) -> Response:
         alias = call.gateway.router.alias(model)
         if alias.kind != "embedding":
             raise RequestError(f"model {model!r} is not an embedding model", param="model")
+        pipeline = call.gateway.guard.for_team(principal.team)
+        if pipeline is not None and pipeline.has(Stage.INPUT):
+            body = await _guard_embedding_input(GuardRun(call.gateway.guard, pipeline, call.trace), body)
         call.admission = await call.gateway.policy.admit(
             principal, call.key, model, alias.deployments, prompt_tokens_bound=len(raw), max_output_tokens=0
         )
@@ -454,6 +464,25 @@ async def embeddings(request: Request) -> Response:
         return response
     finally:
         call.finish()
+
+
+async def _guard_embedding_input(run: GuardRun, body: dict[str, Any]) -> dict[str, Any]:
+    """The input stage on texts to embed: redactions are applied before they leave; a block is a 400 whose code
+    names the reason (an embedding has no place for a templated answer). Token arrays are not text: unchecked."""
+    value = body["input"]
+    texts = [value] if isinstance(value, str) else value
+    if not all(isinstance(t, str) for t in texts):
+        return body
+    messages = [{"role": "user", "content": t} for t in texts]
+    await check_messages(run, messages)
+    if run.blocked is not None:
+        run.trace.error_code = "guard_blocked"
+        raise PermissionDenied(
+            f"the input was blocked by guard profile {run.pipeline.name!r} ({run.blocked.reason})",
+            code="guard_blocked",
+        )
+    checked = [m["content"] for m in messages]
+    return {**body, "input": checked[0] if isinstance(value, str) else checked}
 
 
 def visible_models(gateway: Gateway, principal: Principal, key: KeyRecord | None) -> list[str]:
