@@ -11,48 +11,25 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from gengate.apps.tool_settings import ToolLimits, ToolSpec
+from gengate.config_types import EnvStr, Secret, StrictModel
 from gengate.errors import ConfigError
 from gengate.rag.chunk import ChunkingSettings
 from gengate.rag.index import RetrievalSettings
 
-_ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 
-
-def _resolve_env(value: object, info: ValidationInfo) -> object:
-    """Turn `env:NAME` into the value of environment variable NAME (missing → a clear error)."""
-    if isinstance(value, str):
-        match = _ENV_REF.match(value)
-        if match:
-            name = match.group(1)
-            environ = (info.context or {}).get("environ", os.environ)
-            if name not in environ:
-                raise ValueError(f"environment variable {name} is not set")
-            return environ[name]
-    return value
-
-
-Secret = Annotated[SecretStr, BeforeValidator(_resolve_env)]
-EnvStr = Annotated[str, BeforeValidator(_resolve_env)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """A configuration section of this module."""
 
 
 class ServerSettings(_Model):

@@ -8,7 +8,6 @@ models), touch the network, or show secret values in `repr` or error messages.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -16,21 +15,19 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from gengate.config_types import Secret, StrictModel
 
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PRINCIPAL_FIELDS = ("subject", "team", "groups", "roles")
 _CLAIM_PATH = re.compile(r"^claims\.[^.\s]+(\.[^.\s]+)*$")
-_ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Headers the HTTP client or the transport owns; configuring them would be ignored or would corrupt the request.
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "cookie"})
@@ -59,25 +56,8 @@ _ANNOTATION_KEYWORDS = frozenset({"title", "description", "default", "examples"}
 _SUPPORTED = ", ".join(sorted(_VALIDATION_KEYWORDS | _ANNOTATION_KEYWORDS))
 
 
-def _resolve_env(value: object, info: ValidationInfo) -> object:
-    """Turn `env:NAME` into the value of environment variable NAME (missing → a clear error)."""
-    if isinstance(value, str):
-        match = _ENV_REF.match(value)
-        if match:
-            name = match.group(1)
-            environ = (info.context or {}).get("environ", os.environ)
-            if name not in environ:
-                raise ValueError(f"environment variable {name} is not set")
-            return environ[name]
-    return value
-
-
-Secret = Annotated[SecretStr, BeforeValidator(_resolve_env)]
-EnvStr = Annotated[str, BeforeValidator(_resolve_env)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    """A configuration section of this module."""
 
 
 def _check_url(url: str, *, placeholders: bool) -> str:
