@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from gengate.cli.main import main
 from gengate.errors import ConfigError
 from gengate.eval.datasets import parse_dataset
+from gengate.eval.results import summarise
 from gengate.eval.runner import Experiment, Journal, Variant
 from gengate.rag.kb import KnowledgeBases
 from gengate.rag.sources import scan_source
@@ -193,7 +194,53 @@ def test_judge_metrics_call_the_configured_judge_model(tmp_path: Path, upstream)
                             metrics=["judge_faithfulness"], judge_model="gpt-test")  # fmt: skip
     run = asyncio.run(experiment.run(Journal(tmp_path / "j.jsonl"), run_id="judge"))
     assert [t.scores["judge_faithfulness"] for t in run.trials] == [1.0, 1.0, 1.0]
+    # The judge's calls are priced (10 + 5 tokens at $1 / $2 per million) and kept apart from the target's cost.
+    assert [t.judge_tokens for t in run.trials] == [15, 15, 15]
+    assert all(t.judge_cost_usd == pytest.approx(20e-6) for t in run.trials)
+    totals = summarise(run).totals
+    assert totals.judge_cost_usd == pytest.approx(60e-6) and totals.cost_usd == 0.0
     judged = [r for r in upstream.requests if r.get("model") == "fake-model"]
     assert len(judged) == 3 and "faithful" in json.dumps(judged[0]["messages"]).lower()
     with pytest.raises(ConfigError, match="judge model"):
         Experiment(settings, "facilities", "facts", 1, cases, metrics=["judge_relevance"])._metrics()
+
+
+def test_a_model_route_runs_through_the_team_guard_admission_and_pricing(tmp_path: Path, upstream) -> None:
+    from conftest import base_config, merge
+    from fake_upstream import Step
+
+    config = merge(
+        base_config(upstream, tmp_path / "data"),
+        {"guard": {"profiles": {"p": {"input": [{"detector": "competitors", "options": {"competitors": ["Globex"]},
+                                                 "action": "block"}]}},
+                   "teams": {"eval": "p"}}},
+    )  # fmt: skip
+    path = tmp_path / "gengate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings = load_settings(path, environ={})
+    rows = [
+        {"id": "capital", "question": "What is the capital of France?", "required_facts": ["Paris"]},
+        {"id": "rival", "question": "Is Globex cheaper than you?", "expected": {"outcome": "blocked"}},
+    ]
+    data = tmp_path / "route.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cases = parse_dataset(data).cases
+    upstream.queue("fake-model", Step(content="Paris is the capital."), Step(content="Paris, of course."))
+    variant = Variant("terse", {"system_prompt": "Answer in five words.", "temperature": 0.2})
+    experiment = Experiment(settings, None, "route", 1, cases, variant, trials=2, concurrency=1, model="gpt-test",
+                            metrics=["contains", "guard_outcome", "cost"])  # fmt: skip
+    run = asyncio.run(experiment.run(Journal(tmp_path / "route-run.jsonl"), run_id="route"))
+    assert run.target == "gpt-test"
+    by_case = {(t.case_id, t.trial): t for t in run.trials}
+    assert [by_case[("capital", i)].scores["contains"] for i in range(2)] == [1.0, 1.0]
+    assert all(by_case[("capital", i)].cost_usd == pytest.approx(20e-6) for i in range(2))
+    # The team's input guard blocked the competitor question before any model call.
+    assert [by_case[("rival", i)].outcome for i in range(2)] == ["blocked", "blocked"]
+    assert all(by_case[("rival", i)].passed["guard_outcome"] for i in range(2))
+    sent = [r for r in upstream.requests if r.get("model") == "fake-model"]
+    assert len(sent) == 2 and sent[0]["messages"][0] == {"role": "system", "content": "Answer in five words."}
+    assert sent[0]["temperature"] == 0.2
+    with pytest.raises(ConfigError, match="unknown keys top_k for a model route"):
+        Experiment(settings, None, "route", 1, cases, Variant("x", {"top_k": 1}), model="gpt-test")
+    with pytest.raises(ConfigError, match="no chat model"):
+        Experiment(settings, None, "route", 1, cases, model="offline-embed")

@@ -46,3 +46,28 @@ def test_real_local_model_answers_plain_and_streamed(local_gateway, sdk) -> None
     assert "paris" in "".join(pieces).lower()
     assert final_usage is not None and final_usage.completion_tokens > 0
     assert "local" in [m.id for m in client.models.list()]
+
+
+def test_a_model_route_evaluation_runs_on_the_real_local_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Evaluation request ids ("eval-…") are not UUIDs, which llama-cpp's server refuses in x-request-id: the
+    # provider must send a UUID form of them.
+    import asyncio
+    import json
+
+    from conftest import base_config, merge, settings_from
+    from gengate.eval.datasets import parse_dataset
+    from gengate.eval.runner import Experiment, Journal, Variant
+
+    if not local_available():
+        require("the local model", "not installed: run `make local`")
+    settings = settings_from(merge(base_config(None, tmp_path / "data"), LOCAL), tmp_path)
+    data = tmp_path / "capital.jsonl"
+    data.write_text(json.dumps({"id": "fr", "question": "What is the capital of France? Answer in one word.",
+                                "required_facts": ["Paris"]}) + "\n")  # fmt: skip
+    experiment = Experiment(settings, None, "capital", 1, parse_dataset(data).cases,
+                            Variant("short", {"max_tokens": 16, "temperature": 0}), trials=1, model="local",
+                            metrics=["contains"])  # fmt: skip
+    run = asyncio.run(experiment.run(Journal(tmp_path / "run.jsonl"), run_id="local"))
+    (trial,) = run.trials
+    assert trial.outcome == "answered", trial.error
+    assert trial.completion_tokens > 0 and trial.answer.strip()

@@ -461,3 +461,12 @@ def test_scifact_with_the_encoder(encoder: minilm.MiniLMEncoder) -> None:
     gold, other = answered_rates(ExtractiveAnswerer(encoder), scifact_pairs()[::27])
     assert gold >= 0.7
     assert other <= 0.2
+
+
+def test_redaction_masks_in_a_question_are_not_names_the_answer_must_contain() -> None:
+    answerer = ExtractiveAnswerer(None)
+    passages = [Passage(ref=1, text="Full-time staff get 25 days of paid annual leave per year.", title="Leave")]
+    plain = answerer.answer("How many days of annual leave do I get?", passages)
+    masked = answerer.answer("My email is [PII_EMAIL] - how many days of annual leave do I get?", passages)
+    assert plain is not None and masked is not None
+    assert "25 days" in masked.text and masked.text == plain.text

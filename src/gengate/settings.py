@@ -283,7 +283,7 @@ class GuardSettings(_Model):
         )
     }
     hold_back_chars: int = Field(160, ge=0, le=100_000)
-    hash_key: Secret | None = None  # keys the hashes recorded for findings; random per process when unset
+    hash_key: Secret | None = None  # keys the hashes recorded for findings; else a key kept in storage.data_dir
     max_scan_chars: int = Field(200_000, ge=1000)
 
     @model_validator(mode="after")
@@ -335,6 +335,10 @@ class AppSettings(_Model):
     retrieval: RetrievalSettings | None = None  # overrides rag.retrieval
     tools: list[ToolSpec] = []
     tool_limits: ToolLimits = ToolLimits()
+    # What is kept of each question and answer for the outer loop (feedback, traces to datasets, drift):
+    # `redacted` masks PII and secrets first; `none` keeps only the outcome, cost and latency.
+    payloads: Literal["full", "redacted", "none"] = "redacted"
+    retention_days: float | None = Field(90, gt=0)  # answers and their feedback older than this are deleted
 
     @field_validator("tools")
     @classmethod
@@ -344,6 +348,59 @@ class AppSettings(_Model):
         if duplicates:
             raise ValueError(f"duplicate tool names: {', '.join(duplicates)}")
         return tools
+
+
+class FeedbackSettings(_Model):
+    """`POST /v1/feedback` and the browser snippet."""
+
+    rate_per_minute: int = Field(600, ge=1)  # events one caller may send per minute
+    max_comment_chars: int = Field(2000, ge=0, le=100_000)
+    accept_days: float = Field(30, gt=0)  # feedback on answers older than this is refused
+    snippet: bool = True  # serve /v1/feedback.js
+    score_min: float = 1  # the range a `score` event's value must fall in
+    score_max: float = 5
+
+    @model_validator(mode="after")
+    def _score_range(self) -> FeedbackSettings:
+        if self.score_min >= self.score_max:
+            raise ValueError("score_min must be below score_max")
+        return self
+
+
+class ExperimentSettings(_Model):
+    """A/B experiments on apps."""
+
+    refresh_seconds: float = Field(5.0, gt=0)  # how often a gateway process re-reads experiments from the store
+    guardrail_check_seconds: float = Field(60.0, gt=0)  # how often running experiments' guardrails are checked
+
+
+class DriftRerun(_Model):
+    """The evaluation `gengate drift watch` runs when an app's knowledge changed since its last run."""
+
+    dataset: str
+    variant: str = "default"
+    trials: int = Field(1, ge=1, le=100)
+    overrides: dict[str, Any] = {}  # passed as `--set key=value`
+
+
+class DriftSettings(_Model):
+    """Drift monitoring: question drift against an evaluation dataset, knowledge changes since the last run."""
+
+    enabled: bool = True  # the gateway's background task refreshing the drift gauges
+    interval_seconds: float = Field(3600, gt=0)
+    window_days: float = Field(7, gt=0)  # recent production questions: this far back
+    min_recent: int = Field(30, ge=2)  # fewer recent questions: no verdict
+    datasets: dict[str, str] = {}  # app -> the evaluation dataset its questions are compared with
+    rerun_on_knowledge_change: dict[str, DriftRerun] = {}  # app -> evaluation to run (opt-in)
+
+
+class UiSettings(_Model):
+    """The browser dashboard under `/ui` (see docs/dashboard.md)."""
+
+    enabled: bool = True
+    # Secure cookies are sent over HTTPS only: turn off only for plain-HTTP localhost.
+    cookie_secure: bool = True
+    session_hours: float = Field(8.0, gt=0, le=24 * 30)
 
 
 _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -365,6 +422,10 @@ class Settings(_Model):
     guard: GuardSettings = GuardSettings()
     rag: RagSettings = RagSettings()
     apps: dict[str, AppSettings] = {}
+    feedback: FeedbackSettings = FeedbackSettings()
+    experiments: ExperimentSettings = ExperimentSettings()
+    drift: DriftSettings = DriftSettings()
+    ui: UiSettings = UiSettings()
 
     @model_validator(mode="after")
     def _references_exist(self) -> Settings:
@@ -376,6 +437,9 @@ class Settings(_Model):
                 raise ValueError(f"apps.{name}.model: {app.model!r} is not a chat model in `models`")
             if app.guard_profile is not None and app.guard_profile not in self.guard.profiles:
                 raise ValueError(f"apps.{name}.guard_profile: unknown guard profile {app.guard_profile!r}")
+        for app_name in [*self.drift.datasets, *self.drift.rerun_on_knowledge_change]:
+            if app_name not in self.apps:
+                raise ValueError(f"drift: unknown app {app_name!r}")
         for pname, profile in self.guard.profiles.items():
             if profile.judge is not None and profile.judge.model not in self.models:
                 raise ValueError(f"guard.profiles.{pname}.judge.model: unknown model {profile.judge.model!r}")

@@ -16,9 +16,12 @@ from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway
 from gengate.app.requests import parse_object
 from gengate.auth.keys import KeySpec, create_key
-from gengate.errors import GengateError, NotFound, PermissionDenied, RequestError
+from gengate.errors import ConfigError, GengateError, NotFound, PermissionDenied, RequestError
+from gengate.outer.experiment_analysis import to_data as analysis_data
+from gengate.outer.experiment_service import change_status, load_analysis, record_data
 from gengate.policy.engine import period_start
 from gengate.store.db import KeyRecord
+from gengate.store.experiments import ExperimentStore
 
 Handler = Callable[[Request, Gateway], Awaitable[Response]]
 
@@ -139,6 +142,50 @@ async def _spend(request: Request, gateway: Gateway) -> Response:
     return json_response({"object": "list", "period": label, "data": data})
 
 
+async def _forget_subject(request: Request, gateway: Gateway) -> Response:
+    """Delete one person's answers, feedback and guard findings; anonymise their request-log rows."""
+    if gateway.feedback is None:
+        raise NotFound("the outer loop is not enabled on this gateway")
+    subject = request.path_params["subject"]
+    counts = await gateway.feedback.forget(subject)
+    return json_response(
+        {"subject": subject, "deleted": {"responses": counts.responses, "feedback": counts.feedback,
+                                         "guard_findings": counts.guard_findings},
+         "anonymised": {"requests": counts.requests_anonymised}}
+    )  # fmt: skip
+
+
+async def _list_experiments(request: Request, gateway: Gateway) -> Response:
+    status = request.query_params.get("status")
+    records = await ExperimentStore(gateway.store.engine).list(
+        statuses=[status] if status else None, app=request.query_params.get("app")
+    )
+    return json_response({"object": "list", "data": [record_data(r) for r in records]})
+
+
+async def _get_experiment(request: Request, gateway: Gateway) -> Response:
+    """One experiment with its analysis (per-variant estimates, comparisons, guardrails, decision)."""
+    store = ExperimentStore(gateway.store.engine)
+    record = await store.get(request.path_params["name"])
+    analysis = await load_analysis(store, record)
+    return json_response({**record_data(record), "analysis": analysis_data(analysis)})
+
+
+async def _experiment_action(request: Request, gateway: Gateway) -> Response:
+    action = request.path_params["action"]
+    if action not in ("start", "pause", "stop"):
+        raise NotFound(f"no route for POST {request.url.path}")
+    try:
+        record = await change_status(
+            ExperimentStore(gateway.store.engine), gateway.settings, request.path_params["name"], action
+        )
+    except ConfigError as exc:
+        raise RequestError(exc.message) from None
+    if gateway.experiments is not None:
+        await gateway.experiments.refresh()  # this process at once; the others within experiments.refresh_seconds
+    return json_response(record_data(record))
+
+
 async def _metrics(request: Request, gateway: Gateway) -> Response:
     return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -150,3 +197,7 @@ requests_endpoint = admin_only(_requests)
 request_endpoint = admin_only(_request)
 spend_endpoint = admin_only(_spend)
 metrics_endpoint = admin_only(_metrics)
+forget_subject_endpoint = admin_only(_forget_subject)
+list_experiments_endpoint = admin_only(_list_experiments)
+get_experiment_endpoint = admin_only(_get_experiment)
+experiment_action_endpoint = admin_only(_experiment_action)

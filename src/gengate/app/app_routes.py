@@ -24,6 +24,7 @@ from gengate.apps.prompt import Source, cited, model_messages, retrieval_query
 from gengate.apps.tools import model_tools, run_tool_calls
 from gengate.errors import RequestError, UnknownModel
 from gengate.guard.base import Stage
+from gengate.outer.payloads import last_user_text
 from gengate.policy.pricing import PriceTable, usd
 from gengate.providers.base import usage_of
 from gengate.providers.routing import RouteLog, deployment_label
@@ -47,8 +48,13 @@ class AppOutcome:
     retrieved: int = 0
     dropped: int = 0
     tools: list[dict[str, Any]] = field(default_factory=list)
+    # Tool requests that reached a backend: name, HTTP status and the arguments sent. For evaluation (the red
+    # team checks whose identity a backend received); never part of the response.
+    backend_calls: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     run: GuardRun | None = None
+    experiment: str | None = None  # the A/B experiment that chose this answer's variant, if any
+    variant: str | None = None
 
     def extension(self, app: str) -> dict[str, Any]:
         """The `gengate` extension field: citations, retrieval and guard outcomes."""
@@ -60,6 +66,8 @@ class AppOutcome:
         }
         if self.tools:
             ext["tools"] = self.tools
+        if self.experiment is not None:
+            ext["experiment"], ext["variant"] = self.experiment, self.variant
         if self.run is not None and (self.run.trace.findings or self.run.blocked is not None):
             ext.update(self.run.extension())
         return ext
@@ -93,6 +101,9 @@ async def run_app(call: Any, name: str, messages: list[dict[str, Any]], body: di
     gateway = call.gateway
     principal = call.principal
     app = _app(call, name)
+    # A running A/B experiment may serve this caller a variant: its settings, answerer and request parameters.
+    choice = gateway.experiments.choose(name, app, principal)
+    app, body = choice.app, choice.body(body)
     pipeline = (
         gateway.guard.pipelines.get(app.guard_profile) if app.guard_profile else gateway.guard.for_team(principal.team)
     )
@@ -100,14 +111,18 @@ async def run_app(call: Any, name: str, messages: list[dict[str, Any]], body: di
     if run is not None:
         await check_messages(run, messages)
         if run.blocked is not None:
-            return AppOutcome(text=run.block_text(), blocked=True, run=run)
+            return AppOutcome(
+                text=run.block_text(), blocked=True, run=run, experiment=choice.experiment, variant=choice.variant
+            )
     query = retrieval_query(messages)
 
     retrieved = await gateway.kbs.search(
         app.knowledge_bases, query, caller_tokens(principal), k=app.top_k, where=app.where or None,
         retrieval=app.retrieval,
     )  # fmt: skip
-    outcome = AppOutcome(text="", retrieved=len(retrieved), run=run)
+    outcome = AppOutcome(
+        text="", retrieved=len(retrieved), run=run, experiment=choice.experiment, variant=choice.variant
+    )
     sources: list[Source] = []
     for item in retrieved:
         text = item.chunk.context or item.chunk.text
@@ -127,7 +142,7 @@ async def run_app(call: Any, name: str, messages: list[dict[str, Any]], body: di
         )
 
     outcome.context = sources
-    answerer = gateway.answerers[name]
+    answerer = choice.answerer
     passages = [Passage(ref=s.ref, text=s.text, title=s.title, score=s.score) for s in sources]
     extract = await asyncio.to_thread(answerer.answer, query, passages) if passages else None
     if extract is None:
@@ -210,6 +225,8 @@ async def _ask_model(
                 for key in item.ignored:
                     call.trace.findings.append(_tool_finding(call, run, item.name, key))
                 outcome.tools.append({"name": item.name, "ok": item.ok, "ignored_arguments": list(item.ignored)})
+                if item.sent is not None:
+                    outcome.backend_calls.append({"name": item.name, "status": item.status, "arguments": item.sent})
                 payload["messages"].append({"role": "tool", "tool_call_id": item.tool_call_id, "content": content})
     except TimeoutError:
         raise RequestError("the app's tools took too long to answer", code="tool_timeout") from None
@@ -220,6 +237,21 @@ async def _ask_model(
         if call.admission is not None:
             await gateway.policy.settle(call.admission, cost_nanos=cost, tokens=prompt + completion)
             call.admission = None
+
+
+def keep_response(call: Any, name: str, messages: list[dict[str, Any]], outcome: AppOutcome) -> None:
+    """Leave the answer's record for the outer loop on the trace (payloads as the app's setting keeps them)."""
+    gateway = call.gateway
+    app = gateway.settings.apps[name]
+    question = last_user_text(messages)
+    call.trace.response = {
+        "app": name, "experiment": outcome.experiment, "variant": outcome.variant,
+        "outcome": "blocked" if outcome.blocked else "no_answer" if outcome.no_answer else "answered",
+        "question": gateway.redactor.keep(question, app.payloads),
+        "answer": gateway.redactor.keep(outcome.text, app.payloads), "payload": app.payloads,
+        "sources": orjson.dumps([{"kb": s.kb, "doc_id": s.doc_id, "version": s.version}
+                                 for s in outcome.sources]).decode(),
+    }  # fmt: skip
 
 
 def completion(call: Any, name: str, outcome: AppOutcome) -> dict[str, Any]:
@@ -247,6 +279,7 @@ async def chat(call: Any, body: dict[str, Any], model: str, stream: bool) -> Res
     outcome = await run_app(call, name, body["messages"], body)
     if outcome.blocked or outcome.dropped:
         call.trace.error_code = "guard_blocked" if outcome.blocked else None
+    keep_response(call, name, body["messages"], outcome)
     answer = completion(call, name, outcome)
     if stream:
         return StreamingResponse(finished_stream(answer), media_type="text/event-stream")
@@ -266,6 +299,7 @@ async def ask(request: Request) -> Response:
         outcome = await run_app(call, name, body["messages"], body)
         if outcome.blocked:
             call.trace.error_code = "guard_blocked"
+        keep_response(call, name, body["messages"], outcome)
         ext = outcome.extension(name)
         return json_response({"id": call.trace.id, "object": "app.answer", "answer": outcome.text, **ext})
     except Exception as exc:

@@ -16,10 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gengate.app import admin_routes, app_routes, guard_routes, openai_routes
+from gengate.app import admin_routes, app_routes, feedback_routes, guard_routes, openai_routes
 from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway, open_gateway
 from gengate.app.middleware import Endpoint, RequestContext
+from gengate.dashboard import dashboard_routes
 from gengate.errors import GengateError, NotFound, RequestError
 from gengate.settings import Settings
 
@@ -51,6 +52,10 @@ def admin_routes_list(prefix: str) -> list[Route]:
         Route(f"{prefix}/requests", admin_routes.requests_endpoint, methods=["GET"]),
         Route(f"{prefix}/requests/{{request_id}}", admin_routes.request_endpoint, methods=["GET"]),
         Route(f"{prefix}/spend", admin_routes.spend_endpoint, methods=["GET"]),
+        Route(f"{prefix}/subjects/{{subject}}", admin_routes.forget_subject_endpoint, methods=["DELETE"]),
+        Route(f"{prefix}/experiments", admin_routes.list_experiments_endpoint, methods=["GET"]),
+        Route(f"{prefix}/experiments/{{name}}", admin_routes.get_experiment_endpoint, methods=["GET"]),
+        Route(f"{prefix}/experiments/{{name}}/{{action}}", admin_routes.experiment_action_endpoint, methods=["POST"]),
         Route("/metrics", admin_routes.metrics_endpoint, methods=["GET"]),
     ]
 
@@ -85,6 +90,10 @@ class GatewayHolder:
         async with self._lock:
             if self.gateway is None:
                 self.gateway = await open_gateway(self.settings)
+                if self.gateway.experiments is not None:
+                    await self.gateway.experiments.start()  # served traffic only (not an eval run's gateway)
+                if self.gateway.drift is not None:
+                    self.gateway.drift.start()
             self._users += 1
             app.state.gateway = gateway = self.gateway
             # Everything built at start-up lives for the process: keep it out of the cyclic GC's generations,
@@ -111,17 +120,22 @@ def create_app(settings: Settings, *, holder: GatewayHolder | None = None) -> Re
         Route("/v1/models/{model:path}", openai_routes.get_model, methods=["GET"]),
         Route("/v1/guard/scan", guard_routes.guard_scan, methods=["POST"]),
         Route("/v1/apps/{name}/ask", app_routes.ask, methods=["POST"]),
+        Route("/v1/feedback", feedback_routes.post_feedback, methods=["POST"]),
+        Route("/v1/feedback.js", feedback_routes.feedback_js, methods=["GET"]),
         Route("/healthz", _health, methods=["GET"]),
     ]
     if settings.server.admin_port is None:
         routes += admin_routes_list("/admin")
+    routes += dashboard_routes(settings, admin_plane=False)  # team members; admins too without an admin port
     fast: dict[str, Endpoint] = {
         "/v1/chat/completions": openai_routes.chat_completions,
         "/v1/embeddings": openai_routes.embeddings,
+        "/v1/feedback": feedback_routes.post_feedback,
     }
     return _build(settings, routes, holder.lifespan, fast)
 
 
 def create_admin_app(settings: Settings, holder: GatewayHolder) -> RequestContext:
     """The admin plane alone, for `server.admin_port`."""
-    return _build(settings, [*admin_routes_list("/admin"), Route("/healthz", _health)], holder.lifespan)
+    routes = [*admin_routes_list("/admin"), *dashboard_routes(settings, admin_plane=True), Route("/healthz", _health)]
+    return _build(settings, routes, holder.lifespan)

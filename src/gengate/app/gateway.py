@@ -14,7 +14,12 @@ from gengate.apps.tools import ToolExecutor
 from gengate.auth.jwt import JwtVerifier
 from gengate.auth.keys import KeyAuthenticator
 from gengate.errors import AuthenticationError, ConfigError
+from gengate.guard.hash_key import data_dir_key
 from gengate.guard.pipeline import Guard
+from gengate.outer.drift_service import DriftMonitor
+from gengate.outer.experiment_service import ExperimentService
+from gengate.outer.feedback import FeedbackService
+from gengate.outer.payloads import Redactor
 from gengate.policy.counters import Counters, LocalCounters, RedisCounters
 from gengate.policy.engine import PolicyEngine
 from gengate.policy.pricing import PriceTable
@@ -28,6 +33,8 @@ from gengate.rag.embedder import Embedder
 from gengate.rag.kb import KnowledgeBases
 from gengate.settings import GuardSettings, Settings
 from gengate.store.db import KeyRecord, Store, open_store
+from gengate.store.experiments import ExperimentStore
+from gengate.store.feedback import FeedbackStore
 from gengate.store.knowledge import KnowledgeStore
 from gengate.telemetry.metrics import Metrics
 from gengate.telemetry.otel import OtelExporter
@@ -70,6 +77,12 @@ class Gateway:
     answerers: dict[str, ExtractiveAnswerer] = field(default_factory=dict)
     tool_executor: ToolExecutor | None = None
     otel: OtelExporter | None = None
+    redactor: Redactor = field(default_factory=Redactor)
+    drift: DriftMonitor | None = None  # refreshes the drift gauges in the background
+    feedback: FeedbackService | None = None  # `POST /v1/feedback` and the hourly retention purge
+    # A/B experiments on apps; served traffic only: the server's lifespan starts it, so an eval run's gateway
+    # measures exactly the configuration it was given.
+    experiments: ExperimentService | None = None
     started_at: float = field(default_factory=time.time)
 
     async def authenticate(
@@ -115,6 +128,12 @@ class Gateway:
 
     async def close(self) -> None:
         """Flush logs and release every connection and process."""
+        if self.drift is not None:
+            await self.drift.close()
+        if self.feedback is not None:
+            await self.feedback.close()
+        if self.experiments is not None:
+            await self.experiments.aclose()
         await self.traces.close()
         if self.tool_executor is not None:
             await self.tool_executor.aclose()
@@ -130,7 +149,8 @@ class Gateway:
 async def open_gateway(settings: Settings) -> Gateway:
     """Open the store (migrating it) and build every component."""
     try:
-        guard = Guard(settings.guard)
+        key = None if settings.guard.hash_key else data_dir_key(settings.storage.data_dir)
+        guard = Guard(settings.guard, hash_key=key)
     except ValueError as exc:
         raise ConfigError(f"guard: {exc}") from None
     store = await open_store(settings.database_url)
@@ -185,5 +205,11 @@ async def open_gateway(settings: Settings) -> Gateway:
         kbs=kbs,
         answerers=answerers,
         tool_executor=ToolExecutor(tools) if tools else None,
+        experiments=ExperimentService(settings, ExperimentStore(store.engine), answerers, encoder),
     )
+    if settings.drift.enabled and settings.telemetry.metrics and settings.apps:
+        # Started by the server's lifespan (like experiments): an eval run's gateway does no drift work.
+        gateway.drift = DriftMonitor(store, settings, metrics, encoder.encode if encoder else None, gateway.redactor)
+    gateway.feedback = FeedbackService(FeedbackStore(store.engine), settings, traces, counters, gateway.redactor)
+    gateway.feedback.start()
     return gateway

@@ -125,7 +125,7 @@ async def chat_completions(request: Request) -> Response:
     route = RouteLog()
     streaming = False
     try:
-        principal = await call.authenticate(request)
+        await call.authenticate(request)
         raw = await request.body()
         body = parse_object(raw)
         model, stream, max_out = validate_chat(body, max_messages=call.gateway.settings.server.max_messages)
@@ -133,33 +133,13 @@ async def chat_completions(request: Request) -> Response:
         call.trace.stream = stream
         if model.startswith(app_routes.PREFIX):
             return await app_routes.chat(call, body, model, stream)
-        alias = call.gateway.router.alias(model)
-        if alias.kind != "chat":
-            raise RequestError(f"model {model!r} is an embedding model", param="model")
-        pipeline = call.gateway.guard.for_team(principal.team)
-        if pipeline is not None:
-            call.guard = GuardRun(call.gateway.guard, pipeline, call.trace, judge=_judge_for(call))
-            await check_messages(call.guard, body["messages"])
-            if call.guard.blocked is not None:
-                call.trace.error_code = "guard_blocked"
-                answer = blocked_completion(call.guard, model)
-                if stream:
-                    return StreamingResponse(finished_stream(answer), media_type="text/event-stream")
-                return json_response(answer)
-        call.admission = await call.gateway.policy.admit(
-            principal,
-            call.key,
-            model,
-            alias.deployments,
-            prompt_tokens_bound=len(raw),
-            max_output_tokens=max_out,
-        )
-        payload = dict(body)
-        if max_out is None and call.admission.max_output_tokens is not None:
-            payload["max_tokens"] = call.admission.max_output_tokens
-        if call.guard is not None and call.guard.pipeline.profile.answer_template:
-            return await _template_only(call, route, model, payload, stream)
-        if stream:
+        _chat_alias(call, model)
+        blocked = await _admit(call, body, model, max_out, len(raw))
+        if blocked is not None:
+            return _send(blocked, stream)
+        template = call.guard is not None and call.guard.pipeline.profile.answer_template
+        if stream and not template:
+            payload = _payload(call, body, max_out)
             payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             first, rest = await call.gateway.router.open_stream(model, payload, call.trace.id, route)
             streaming = True
@@ -168,12 +148,7 @@ async def chat_completions(request: Request) -> Response:
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
-        result = await call.gateway.router.run(model, payload, call.trace.id, "complete", route)
-        usage = usage_of(result) or _estimated_usage(payload, result)
-        await call.settle(usage, route)
-        if call.guard is not None:
-            await _guard_answer(call.guard, result)
-        return Response(orjson.dumps(result), media_type="application/json")
+        return _send(await _answer_whole(call, route, body, model, max_out), stream)
     except Exception as exc:
         response = call.fail(exc)
         with anyio.CancelScope(shield=True):
@@ -182,6 +157,81 @@ async def chat_completions(request: Request) -> Response:
     finally:
         if not streaming:
             call.finish()
+
+
+def _chat_alias(call: Call, model: str) -> None:
+    if call.gateway.router.alias(model).kind != "chat":
+        raise RequestError(f"model {model!r} is an embedding model", param="model")
+
+
+def _send(completion: dict[str, Any], stream: bool) -> Response:
+    """A finished completion as JSON, or as a stream of one delta for a client that asked for a stream."""
+    if stream:
+        return StreamingResponse(finished_stream(completion), media_type="text/event-stream")
+    return Response(orjson.dumps(completion), media_type="application/json")
+
+
+async def _admit(
+    call: Call, body: dict[str, Any], model: str, max_out: int | None, prompt_bound: int
+) -> dict[str, Any] | None:
+    """The team's input guard, then admission (limits, budget): a blocked completion, or None when admitted."""
+    assert call.principal is not None
+    pipeline = call.gateway.guard.for_team(call.principal.team)
+    if pipeline is not None:
+        call.guard = GuardRun(call.gateway.guard, pipeline, call.trace, judge=_judge_for(call))
+        await check_messages(call.guard, body["messages"])
+        if call.guard.blocked is not None:
+            call.trace.error_code = "guard_blocked"
+            return blocked_completion(call.guard, model)
+    alias = call.gateway.router.alias(model)
+    call.admission = await call.gateway.policy.admit(
+        call.principal, call.key, model, alias.deployments, prompt_tokens_bound=prompt_bound,
+        max_output_tokens=max_out,
+    )  # fmt: skip
+    return None
+
+
+def _payload(call: Call, body: dict[str, Any], max_out: int | None) -> dict[str, Any]:
+    payload = dict(body)
+    if max_out is None and call.admission is not None and call.admission.max_output_tokens is not None:
+        payload["max_tokens"] = call.admission.max_output_tokens
+    return payload
+
+
+async def _answer_whole(
+    call: Call, route: RouteLog, body: dict[str, Any], model: str, max_out: int | None
+) -> dict[str, Any]:
+    """An admitted request answered in one piece: routed, settled, and checked by the output stage."""
+    payload = _payload(call, body, max_out)
+    if call.guard is not None and call.guard.pipeline.profile.answer_template:
+        return await _template_only(call, route, model, payload)
+    result = await call.gateway.router.run(model, payload, call.trace.id, "complete", route)
+    usage = usage_of(result) or _estimated_usage(payload, result)
+    await call.settle(usage, route)
+    if call.guard is not None:
+        await _guard_answer(call.guard, result)
+    return result
+
+
+async def complete_model(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    """One non-streamed chat completion for an authenticated caller, on the same path HTTP requests take.
+
+    For in-process callers (evaluation of a model route): `body` is a validated chat request; errors propagate
+    after the reservation is released.
+    """
+    route = RouteLog()
+    model, _, max_out = validate_chat(body, max_messages=call.gateway.settings.server.max_messages)
+    call.trace.model = model
+    try:
+        _chat_alias(call, model)
+        blocked = await _admit(call, body, model, max_out, len(orjson.dumps(body)))
+        if blocked is not None:
+            return blocked
+        return await _answer_whole(call, route, body, model, max_out)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await call.settle(None, route)
+        raise
 
 
 def _estimated_usage(payload: dict[str, Any], result: dict[str, Any]) -> Usage:
@@ -278,7 +328,7 @@ def _guard_blocked_tail(guard: StreamGuard, chunk: Chunk) -> list[bytes]:
     ]
 
 
-async def _template_only(call: Call, route: RouteLog, model: str, payload: dict[str, Any], stream: bool) -> Response:
+async def _template_only(call: Call, route: RouteLog, model: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Template-only answers: the model fills the template's slots as JSON; gengate validates and renders."""
     run = call.guard
     assert run is not None and run.pipeline.profile.answer_template is not None
@@ -311,9 +361,7 @@ async def _template_only(call: Call, route: RouteLog, model: str, payload: dict[
     if run.blocked is not None:
         call.trace.error_code = "guard_blocked"
         completion.setdefault("gengate", run.extension())
-    if stream:
-        return StreamingResponse(finished_stream(completion), media_type="text/event-stream")
-    return json_response(completion)
+    return completion
 
 
 async def finished_stream(answer: dict[str, Any]) -> AsyncIterator[bytes]:

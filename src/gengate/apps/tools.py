@@ -76,6 +76,8 @@ class ToolOutcome:
     ok: bool
     status: int | None = None
     error: str | None = None
+    # The arguments the backend received (bound values included); None when the call never reached a backend.
+    sent: dict[str, Any] | None = None
 
     def message(self) -> dict[str, Any]:
         """The `role: tool` chat message answering this call."""
@@ -543,7 +545,8 @@ async def _run_one(
         arguments = "not a JSON object"  # reported as invalid JSON, like any other garbage
     resolved = resolve_arguments(spec, arguments, principal)
     result = await executor.call(spec, resolved, principal)
-    return ToolOutcome(call_id, name, result.content, resolved.ignored, result.ok, result.status, result.error)
+    sent = resolved.arguments if result.status is not None else None  # a status means the backend answered
+    return ToolOutcome(call_id, name, result.content, resolved.ignored, result.ok, result.status, result.error, sent)
 
 
 async def run_tool_calls(

@@ -12,10 +12,14 @@ from typing import Any, TypeVar
 import click
 
 from gengate.cli.common import config_option, settings_or_exit, with_store
+from gengate.cli.drift import parse_since
 from gengate.eval.datasets import Case, DatasetError, check_name, content_hash, diff, parse_dataset
+from gengate.outer.payloads import Redactor
+from gengate.outer.traces import TraceOptions, TraceSelection, cases_from_traces
 from gengate.settings import Settings
 from gengate.store.db import Store
 from gengate.store.evals import EvalStore
+from gengate.store.outer_runs import OuterRunsStore, TraceQuery
 
 T = TypeVar("T")
 
@@ -138,3 +142,65 @@ def diff_versions(config_path: str | None, name: str, v1: int, v2: int) -> None:
     for mark, ids in (("+", changes.added), ("-", changes.removed), ("~", changes.changed)):
         for case_id in ids:
             click.echo(f"  {mark} {case_id}")
+
+
+@dataset.command("from-traces")
+@config_option
+@click.argument("name")
+@click.option("--app", "app", required=True, help="The app whose recorded answers become cases.")
+@click.option("--since", default=None, help="Answers since: 7d, 12h or an ISO date.")
+@click.option("--until", default=None, help="Answers before: 1d or an ISO date.")
+@click.option("--feedback", type=click.Choice(["down", "up", "any", "none"]), default="any", show_default=True,
+              help="Latest thumbs: down, up, any (no filter) or none (no thumbs).")  # fmt: skip
+@click.option("--with-findings", is_flag=True, help="Only answers with guard findings.")
+@click.option("--outcome", type=click.Choice(["answered", "no_answer", "blocked"]), default=None)
+@click.option("--tag", "tags", multiple=True, help="Extra tag on every case (repeatable).")
+@click.option("--group", "groups", multiple=True, help="Group for every identity (answers do not record groups).")
+@click.option("--no-identity", is_flag=True, help="Run cases as nobody instead of the caller that asked.")
+@click.option("--gold-from-citations", is_flag=True, help="Cited documents as gold ids (thumbs-up answers only).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Keep the newest N distinct questions.")
+@click.option("--sample", type=click.IntRange(min=1), default=None, help="Then draw N at random (with --seed).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def from_traces(
+    config_path: str | None, name: str, app: str, since: str | None, until: str | None, feedback: str,
+    with_findings: bool, outcome: str | None, tags: tuple[str, ...], groups: tuple[str, ...], no_identity: bool,
+    gold_from_citations: bool, limit: int | None, sample: int | None, seed: int,
+) -> None:  # fmt: skip
+    """Build the next version of NAME from an app's recorded answers, redacted (production answers as metadata)."""
+    settings = settings_or_exit(config_path)
+    try:
+        check_name(name)
+    except DatasetError as exc:
+        raise click.ClickException(exc.message) from None
+    query = TraceQuery(
+        app=app, since=parse_since(since) if since else None, until=parse_since(until) if until else None,
+        feedback=feedback, with_findings=with_findings, outcome=outcome,  # type: ignore[arg-type]
+    )  # fmt: skip
+    options = TraceOptions(tags=tags, identity=not no_identity, groups=groups,
+                           gold_from_citations=gold_from_citations, limit=limit, sample=sample, seed=seed)  # fmt: skip
+
+    async def run(store: Store) -> tuple[TraceSelection, tuple[int, bool] | None]:
+        traces = await OuterRunsStore(store.engine).traces(query)
+        selection = cases_from_traces(traces, options, Redactor().redact)
+        if not selection.cases:
+            return selection, None
+        digest = content_hash(selection.cases)
+        imported = await EvalStore(store.engine).import_dataset(name, selection.cases, digest, f"traces-{app}")
+        return selection, imported
+
+    selection, imported = with_store(settings, run)
+    click.echo(
+        f"selected {selection.selected} answers of app {app}: {selection.skipped_payload_none} skipped (payloads "
+        f"none), {selection.skipped_no_question} without a question, {selection.duplicates} duplicate questions "
+        f"merged, {selection.left_out} left out by --limit/--sample"
+    )
+    for note in selection.notes:
+        click.echo(f"note: {note}", err=True)
+    if imported is None:
+        click.echo(f"{name}: no cases; nothing imported", err=True)
+        sys.exit(1)
+    version, created = imported
+    if created:
+        click.echo(f"{name} v{version}: {len(selection.cases)} cases from traces")
+    else:
+        click.echo(f"{name} is unchanged (v{version})")

@@ -16,17 +16,20 @@ from uuid import uuid4
 import click
 import yaml
 
+from gengate.app.app_routes import PREFIX
 from gengate.cli.common import config_option, settings_or_exit, with_store
 from gengate.eval.calibrate import calibrate
-from gengate.eval.gate import GateRule, RunScores, gate
+from gengate.eval.gate import GateRule, gate
 from gengate.eval.metrics.base import EvalCase, MetricRegistry, Observation, is_async_metric
 from gengate.eval.report_ci import junit_xml, markdown_summary
 from gengate.eval.report_html import comparison_report, run_report
-from gengate.eval.results import RunResult, case_passes, case_scores, run_from_json, summarise, to_json
+from gengate.eval.results import RunResult, run_from_json, run_scores, summarise, to_json
 from gengate.eval.runner import DEFAULT_METRICS, Experiment, Journal, Variant
+from gengate.outer.drift_service import app_knowledge_bases
 from gengate.settings import Settings
 from gengate.store.db import Store
 from gengate.store.evals import EvalStore
+from gengate.store.outer_runs import OuterRunsStore
 
 
 @click.group("eval")
@@ -67,7 +70,8 @@ def _bar(done: int, total: int) -> None:
 @eval_group.command("run")
 @config_option
 @click.argument("dataset")
-@click.option("--app", "app", required=True, help="The app to evaluate (its name, without app/).")
+@click.option("--app", "app", default=None, help="The app to evaluate (its name, without app/).")
+@click.option("--model", "model", default=None, help="Or a chat model alias: evaluate the model route itself.")
 @click.option("--version", "version", type=int, default=None, help="Dataset version (default: latest).")
 @click.option("--variant", "variant_name", default="default", help="A name for this configuration.")
 @click.option("--set", "overrides", multiple=True, help="Overlay key=value (system_prompt, top_k, model, …).")
@@ -78,12 +82,15 @@ def _bar(done: int, total: int) -> None:
 @click.option("--resume", "resume", default=None, help="Finish an interrupted run by its id.")
 @click.option("--judge-model", "judge_model", default=None, help="Chat alias for judge_faithfulness/judge_relevance.")
 def run(
-    config_path: str | None, dataset: str, app: str, version: int | None, variant_name: str,
+    config_path: str | None, dataset: str, app: str | None, model: str | None, version: int | None,
+    variant_name: str,
     overrides: tuple[str, ...], trials: int, concurrency: int, seed: int, metrics: tuple[str, ...],
     resume: str | None, judge_model: str | None,
 ) -> None:  # fmt: skip
-    """Run a dataset against an app variant, N trials per case; writes the run and its HTML report."""
+    """Run a dataset against an app (or a model route) variant, N trials per case; writes the run and its report."""
     settings = settings_or_exit(config_path)
+    if resume is None and (app is None) == (model is None):
+        raise click.UsageError("give the target: --app NAME or --model ALIAS (one of them)")
 
     async def go(store: Store) -> RunResult:
         evals = EvalStore(store.engine)
@@ -91,6 +98,7 @@ def run(
         cases = await evals.cases(dataset, record.version)
         journal_dir = _runs(settings)
         judge = judge_model
+        target_app, target_model = app, model
         if resume is not None:
             journal = Journal(journal_dir / f"{Path(resume).name}.jsonl")
             header = journal.header()
@@ -99,13 +107,15 @@ def run(
             variant = Variant(header["variant"], header.get("variant_overrides", {}))
             n_trials, run_seed, metric_names = header["trials_per_case"], header["seed"], header["metrics"]
             judge = header.get("judge_model")
+            target = str(header.get("target", ""))
+            target_app, target_model = (target[len(PREFIX) :], None) if target.startswith(PREFIX) else (None, target)
         else:
             variant = Variant(variant_name, _parse_set(overrides))
             n_trials, run_seed, metric_names = trials, seed, list(metrics or DEFAULT_METRICS)
             journal = None
         experiment = Experiment(
-            settings, app, dataset, record.version, cases, variant, trials=n_trials, concurrency=concurrency,
-            seed=run_seed, metrics=metric_names, judge_model=judge,
+            settings, target_app, dataset, record.version, cases, variant, trials=n_trials, concurrency=concurrency,
+            seed=run_seed, metrics=metric_names, judge_model=judge, model=target_model,
         )  # fmt: skip
         if journal is None:
             run_id = f"{dataset}-{variant.name}-{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid4().hex[:4]}"
@@ -113,7 +123,14 @@ def run(
             click.echo(f"run {run_id} (resume with --resume {run_id})", err=True)
         else:
             run_id = str((journal.header() or {}).get("run_id", ""))
-        return await experiment.run(journal, run_id=run_id, progress=_bar)
+        # Record the run with the knowledge it evaluates, so drift can tell what changed since (eval_runs).
+        runs, kbs = OuterRunsStore(store.engine), app_knowledge_bases(settings, target_app, variant.overrides)
+        target = PREFIX + target_app if target_app is not None else str(target_model)
+        await runs.start_run(run_id, target=target, dataset=dataset, dataset_version=str(record.version),
+                             variant=variant.name, kbs=kbs)  # fmt: skip
+        result = await experiment.run(journal, run_id=run_id, progress=_bar)
+        await runs.finish_run(result.run_id)
+        return result
 
     result = with_store(settings, go)
     folder = _runs(settings)
@@ -132,7 +149,11 @@ def _print_summary(result: RunResult) -> None:
         interval = "-" if m.interval is None else f"[{m.interval.low:.3f}, {m.interval.high:.3f}]"
         click.echo(f"{name:<22} {value:>9} {interval:>19} {m.n_cases:>6}")
     t = summary.totals
-    click.echo(f"trials {t.trials} · errors {t.errors} · cost ${t.cost_usd:.4f} · latency p50 {t.latency_p50_ms} ms")
+    judge = f" + judge ${t.judge_cost_usd:.4f} ({t.judge_tokens} tokens)" if t.judge_tokens else ""
+    click.echo(
+        f"trials {t.trials} · errors {t.errors} · cost ${t.cost_usd:.4f}{judge} · "
+        f"tokens {t.prompt_tokens}+{t.completion_tokens} · latency p50 {t.latency_p50_ms} ms"
+    )
 
 
 @eval_group.command("report")
@@ -180,16 +201,6 @@ def baseline_set(config_path: str | None, run_id: str) -> None:
     click.echo(f"baseline for {result.dataset} on {result.target}: {result.run_id}")
 
 
-def _scores(run: RunResult) -> RunScores:
-    out: dict[str, dict[str, float]] = {}
-    for name, kind in run.metric_kinds.items():
-        if kind == "pass":
-            out[name] = {c: p / n for c, (p, n) in case_passes(run, name).items() if n}
-        else:
-            out[name] = case_scores(run, name)
-    return out
-
-
 @eval_group.command("gate")
 @config_option
 @click.argument("run_id")
@@ -213,7 +224,7 @@ def gate_run(
         if baseline_id is None:
             raise click.ClickException(f"no baseline for {candidate.dataset} on {candidate.target}: eval baseline set")
     base = _load(settings, baseline_id)
-    base_scores = _scores(base)
+    base_scores = run_scores(base)
     # By default: every metric the baseline has values for (a metric that applies to no case cannot regress).
     names = list(metrics) or [
         m for m in candidate.metric_kinds if m.split("@")[0] not in ("latency", "cost") and base_scores.get(m)
@@ -228,7 +239,7 @@ def gate_run(
         )
         for m in names
     ]
-    result = gate(base_scores, _scores(candidate), rules)
+    result = gate(base_scores, run_scores(candidate), rules)
     title = f"gengate eval gate: {candidate.run_id} vs baseline {base.run_id}"
     text = markdown_summary(result, title=title)
     click.echo(text)

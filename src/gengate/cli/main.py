@@ -10,11 +10,15 @@ import click
 
 from gengate.auth.keys import KeySpec, create_key
 from gengate.cli.common import config_option, settings_or_exit, with_store
+from gengate.cli.data import data
 from gengate.cli.dataset import dataset
+from gengate.cli.drift import drift
 from gengate.cli.eval import eval_group
+from gengate.cli.experiment import experiment
 from gengate.cli.guard import guard
 from gengate.cli.kb import kb
 from gengate.cli.keys import keys
+from gengate.cli.redteam import redteam
 from gengate.errors import GengateError
 from gengate.providers.local_llm import local_available
 from gengate.settings import load_settings
@@ -32,6 +36,10 @@ main.add_command(guard)
 main.add_command(kb)
 main.add_command(eval_group)
 main.add_command(dataset)
+main.add_command(experiment)
+main.add_command(data)
+main.add_command(drift)
+main.add_command(redteam)
 
 
 async def _bootstrap_key(store: Store) -> str | None:

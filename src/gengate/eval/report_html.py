@@ -284,8 +284,15 @@ def _header(run: RunResult, summary: RunSummary) -> str:
         ("Duration", f"{totals.duration_s:,.1f} s"),
         ("Cases / trials", f"{totals.cases} / {totals.trials}"),
         ("Outcomes", _e(outcomes) or "—"),
-        ("Cost", f"${totals.cost_usd:,.4f}"),
-        ("Tokens", f"{totals.prompt_tokens:,} prompt + {totals.completion_tokens:,} completion"),
+        (
+            "Cost",
+            f"${totals.cost_usd:,.4f}" + (f" + judge ${totals.judge_cost_usd:,.4f}" if totals.judge_tokens else ""),
+        ),
+        (
+            "Tokens",
+            f"{totals.prompt_tokens:,} prompt + {totals.completion_tokens:,} completion"
+            + (f" + {totals.judge_tokens:,} judge" if totals.judge_tokens else ""),
+        ),
         ("Latency", f"p50 {_fmt(totals.latency_p50_ms)} ms, p95 {_fmt(totals.latency_p95_ms)} ms"),
     ]
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)

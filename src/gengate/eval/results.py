@@ -129,6 +129,8 @@ class TrialResult:
     completion_tokens: int = 0
     scores: Mapping[str, float | None] = field(default_factory=dict)
     passed: Mapping[str, bool | None] = field(default_factory=dict)
+    judge_cost_usd: float = 0.0  # what the judge metrics' model calls cost for this trial
+    judge_tokens: int = 0
 
     def __post_init__(self) -> None:
         where = f"case {self.case_id!r} trial {self.trial!r}"
@@ -136,12 +138,13 @@ class TrialResult:
             raise ValueError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}, got {self.outcome!r}")
         if isinstance(self.trial, bool) or not isinstance(self.trial, int) or self.trial < 0:
             raise ValueError(f"{where}: trial must be a non-negative integer")
-        for name in ("prompt_tokens", "completion_tokens"):
+        for name in ("prompt_tokens", "completion_tokens", "judge_tokens"):
             count = getattr(self, name)
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ValueError(f"{where}: {name} must be a non-negative integer, got {count!r}")
         _check_number(self.latency_ms, f"{where}: latency_ms", non_negative=True)
         _check_number(self.cost_usd, f"{where}: cost_usd", non_negative=True)
+        _check_number(self.judge_cost_usd, f"{where}: judge_cost_usd", non_negative=True)
         for metric, value in self.scores.items():
             _check_number(value, f"{where}: score {metric!r}")
         for metric, verdict in self.passed.items():
@@ -298,6 +301,8 @@ class RunTotals:
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     duration_s: float
+    judge_cost_usd: float = 0.0  # judge metrics' model calls, on top of `cost_usd` (what the target cost)
+    judge_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +394,8 @@ def _totals(run: RunResult) -> RunTotals:
         latency_p50_ms=p50,
         latency_p95_ms=p95,
         duration_s=run.duration_s,
+        judge_cost_usd=math.fsum(r.judge_cost_usd for r in run.trials),
+        judge_tokens=sum(r.judge_tokens for r in run.trials),
     )
 
 
@@ -710,6 +717,9 @@ def _trial_from_data(data: Any, where: str) -> TrialResult:
         completion_tokens=_field(data, "completion_tokens", int, where),
         scores=_field(data, "scores", dict, where),
         passed=_field(data, "passed", dict, where),
+        # Runs written before judge costs were kept have neither field.
+        judge_cost_usd=_field(data, "judge_cost_usd", _NUMBER, where) if "judge_cost_usd" in data else 0.0,
+        judge_tokens=_field(data, "judge_tokens", int, where) if "judge_tokens" in data else 0,
     )
 
 
@@ -769,3 +779,14 @@ def run_from_json(data: str | bytes | Mapping[str, Any]) -> RunResult:
         variant_overrides=_field(data, "variant_overrides", dict, "run"),
         metric_directions=_str_map(data, "metric_directions"),  # type: ignore[arg-type]  # and the directions
     )
+
+
+def run_scores(run: RunResult) -> dict[str, dict[str, float]]:
+    """Per-case values of every metric, as the gate compares them (pass metrics as the share of passing trials)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, kind in run.metric_kinds.items():
+        if kind == "pass":
+            out[name] = {c: p / n for c, (p, n) in case_passes(run, name).items() if n}
+        else:
+            out[name] = case_scores(run, name)
+    return out

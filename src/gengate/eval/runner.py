@@ -1,9 +1,12 @@
-"""Experiments: a dataset run against an app under one configuration variant, N trials per case, in-process.
+"""Experiments: a dataset run against an app or a model route under one variant, N trials per case, in-process.
 
-Each trial goes through the same code as `POST /v1/chat/completions` with `model: app/<name>` — the app's guard
-stages, permission-aware retrieval with the case's identity, the answerer or model, templates — so what is
+Each trial goes through the same code as `POST /v1/chat/completions` — for `model: app/<name>` the app's guard
+stages, permission-aware retrieval with the case's identity, the answerer or model, templates; for a model alias
+the caller's team guard, admission (limits, budgets), routing with fallbacks and the output stage — so what is
 measured is what users get. Variants are overlays on the app's configuration (system prompt, model, top-k,
-knowledge bases, retrieval settings, guard profile) plus request parameters (temperature), never code.
+knowledge bases, retrieval settings, guard profile) plus request parameters (temperature), never code; a model
+route takes `system_prompt`, `model` and the request parameters. Judge metrics' model calls are priced and kept
+per trial, apart from what the target cost.
 
 Owns: building a variant's settings, running trials with bounded concurrency, scoring them with the metrics,
 appending every finished trial to a JSONL journal so an interrupted run resumes without redoing finished trials.
@@ -13,11 +16,13 @@ Must not: compute statistics (see `results`, `stats`) or render reports.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +30,7 @@ from typing import Any
 
 from gengate.app.app_routes import PREFIX, run_app
 from gengate.app.gateway import Gateway, open_gateway
+from gengate.app.openai_routes import Call, complete_model
 from gengate.errors import ConfigError, GengateError
 from gengate.eval.datasets import Case
 from gengate.eval.metrics.base import (
@@ -37,14 +43,17 @@ from gengate.eval.metrics.base import (
 )
 from gengate.eval.results import Retrieved, RunResult, TrialResult, to_json
 from gengate.eval.results import _trial_from_data as trial_from_data
+from gengate.policy.pricing import PriceTable, usd
+from gengate.providers.base import usage_of
 from gengate.providers.routing import RouteLog
 from gengate.settings import Settings
 from gengate.telemetry.traces import TraceRecord
-from gengate.types import Principal
+from gengate.types import Principal, Usage
 
 APP_KEYS = {"system_prompt", "model", "top_k", "knowledge_bases", "retrieval", "guard_profile", "no_answer",
             "answer_sentences", "where", "extractive_encoder"}  # fmt: skip
 REQUEST_KEYS = {"temperature", "top_p", "max_tokens"}
+MODEL_KEYS = {"system_prompt", "model"}  # what a variant may change on a model route (besides REQUEST_KEYS)
 DEFAULT_METRICS = ("contains", "token_f1", "faithfulness", "answer_relevance", "refusal", "guard_outcome",
                    "recall@5", "mrr@10", "latency", "cost")  # fmt: skip
 LOWER_IS_BETTER = {"latency", "cost"}
@@ -60,12 +69,16 @@ class Variant:
     name: str = "default"
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
-    def check(self) -> None:
-        """Refuse keys that are not configuration overlays."""
-        unknown = sorted(set(self.overrides) - APP_KEYS - REQUEST_KEYS)
+    def check(self, *, model_route: bool = False) -> None:
+        """Refuse keys that are not configuration overlays (of an app, or of a model route)."""
+        known = (MODEL_KEYS if model_route else APP_KEYS) | REQUEST_KEYS
+        unknown = sorted(set(self.overrides) - known)
         if unknown:
-            allowed = ", ".join(sorted(APP_KEYS | REQUEST_KEYS))
-            raise ConfigError(f"variant {self.name!r}: unknown keys {', '.join(unknown)} (allowed: {allowed})")
+            allowed = ", ".join(sorted(known))
+            target = "a model route" if model_route else "an app"
+            raise ConfigError(
+                f"variant {self.name!r}: unknown keys {', '.join(unknown)} for {target} (allowed: {allowed})"
+            )
 
 
 def variant_settings(settings: Settings, app: str, variant: Variant) -> Settings:
@@ -155,16 +168,33 @@ class Journal:
             f.write(to_json(trial, indent=None) + "\n")
 
 
+@dataclass
+class _Spend:
+    """What the judge calls of one trial cost."""
+
+    nanos: int = 0
+    tokens: int = 0
+
+
+# Set by each trial's task around its scoring, so concurrent trials keep their judge costs apart.
+_JUDGE_SPEND: ContextVar[_Spend | None] = ContextVar("gengate_judge_spend", default=None)
+
+
 def _judge(gateway: Gateway, model: str) -> Callable[[list[dict[str, str]]], Awaitable[str]]:
-    """The judge metrics' completion function: one routed call to the judge model (temperature 0)."""
+    """The judge metrics' completion function: one routed call to the judge model (temperature 0), priced."""
     if model not in gateway.settings.models or gateway.settings.models[model].kind != "chat":
         raise ConfigError(f"judge model {model!r} is not a chat model in `models`")
 
     async def complete(messages: list[dict[str, str]]) -> str:
-        body = await gateway.router.run(
-            model, {"messages": messages, "temperature": 0, "max_tokens": 200}, f"judge-{uuid.uuid4().hex[:12]}",
-            "complete", RouteLog(),
-        )  # fmt: skip
+        route = RouteLog()
+        payload = {"messages": messages, "temperature": 0, "max_tokens": 200}
+        body = await gateway.router.run(model, payload, f"judge-{uuid.uuid4().hex[:12]}", "complete", route)
+        spend = _JUDGE_SPEND.get()
+        usage = usage_of(body)
+        if spend is not None and usage is not None:
+            spend.tokens += usage.total_tokens
+            price = gateway.prices.lookup(route.deployment, model) if route.deployment is not None else None
+            spend.nanos += PriceTable.cost_nanos(price, usage) if price is not None else 0
         choices = body.get("choices") or [{}]
         message = choices[0].get("message") if isinstance(choices[0], dict) else None
         content = message.get("content") if isinstance(message, dict) else None
@@ -182,7 +212,7 @@ class Experiment:
     """One dataset version × one variant of one app, with its metrics."""
 
     settings: Settings
-    app: str
+    app: str | None  # the app to run (name without app/), or None for a model route
     dataset: str
     dataset_version: int
     cases: Sequence[Case]
@@ -193,6 +223,31 @@ class Experiment:
     metrics: Sequence[str] = DEFAULT_METRICS
     registry: MetricRegistry = field(default_factory=MetricRegistry)
     judge_model: str | None = None  # chat alias the judge_* metrics call
+    model: str | None = None  # a chat model alias (a model route) when `app` is None
+
+    def __post_init__(self) -> None:
+        if (self.app is None) == (self.model is None):
+            raise ConfigError("an experiment targets an app or a model route (exactly one)")
+        if self.model is not None:
+            alias = self.settings.models.get(self.model)
+            if alias is None or alias.kind != "chat":
+                known = ", ".join(sorted(n for n, m in self.settings.models.items() if m.kind == "chat"))
+                raise ConfigError(f"no chat model {self.model!r} in the configuration (chat models: {known})")
+            self.variant.check(model_route=True)
+            other = self.variant.overrides.get("model")
+            if other is not None and other not in self.settings.models:
+                raise ConfigError(f"variant {self.variant.name!r}: unknown model {other!r}")
+        else:
+            assert self.app is not None
+            variant_settings(self.settings, self.app, self.variant)  # refuse bad overlays before anything runs
+
+    @property
+    def target(self) -> str:
+        """`app/<name>` or the model alias."""
+        return PREFIX + self.app if self.app is not None else str(self.model)
+
+    def _settings(self) -> Settings:
+        return self.settings if self.app is None else variant_settings(self.settings, self.app, self.variant)
 
     def _metrics(self, gateway: Gateway | None = None) -> dict[str, AnyMetric]:
         built: dict[str, AnyMetric] = {}
@@ -218,7 +273,7 @@ class Experiment:
         if header is None:
             header = {
                 "run_id": run_id or f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
-                "dataset": self.dataset, "dataset_version": str(self.dataset_version), "target": PREFIX + self.app,
+                "dataset": self.dataset, "dataset_version": str(self.dataset_version), "target": self.target,
                 "variant": self.variant.name, "variant_overrides": dict(self.variant.overrides),
                 "trials_per_case": self.trials, "seed": self.seed, "metrics": list(self.metrics),
                 "judge_model": self.judge_model,
@@ -227,7 +282,7 @@ class Experiment:
             journal.start(header)
         done = journal.done()
         todo = [(c, t) for c in self.cases for t in range(self.trials) if (c.case_id, t) not in done]
-        gateway = await open_gateway(variant_settings(self.settings, self.app, self.variant))
+        gateway = await open_gateway(self._settings())
         try:
             metrics = self._metrics(gateway)
         except BaseException:
@@ -272,33 +327,77 @@ class Experiment:
         call = _Call(gateway, principal_for(case), f"eval-{uuid.uuid4().hex[:16]}")
         started = time.perf_counter()
         try:
-            outcome = await run_app(call, self.app, messages, body)
+            if self.app is not None:
+                observed = await self._ask_app(call, messages, body)
+            else:
+                observed = await self._ask_model(call, messages, body)
         except GengateError as exc:
             latency = (time.perf_counter() - started) * 1000
             return TrialResult(case.case_id, trial, outcome="error", error=exc.message, latency_ms=latency)
         latency = (time.perf_counter() - started) * 1000
+        obs = dataclasses.replace(observed.observation, latency_ms=latency, cost_usd=call.trace.cost_usd)
+        ec = eval_case(case)
+        scores: dict[str, float | None] = {}
+        passed: dict[str, bool | None] = {}
+        spend = _Spend()
+        token = _JUDGE_SPEND.set(spend)
+        try:
+            for name, metric in metrics.items():
+                try:
+                    if is_async_metric(metric):
+                        result = await metric.ascore(ec, obs)  # type: ignore[union-attr]
+                    else:
+                        result = metric.score(ec, obs)  # type: ignore[union-attr]
+                except (ValueError, TypeError, GengateError, TimeoutError) as exc:
+                    log.warning("metric %s failed on case %s: %s", name, case.case_id, exc)
+                    scores[name], passed[name] = None, None  # one broken metric must not lose the run
+                    continue
+                scores[name], passed[name] = result.value, result.passed
+        finally:
+            _JUDGE_SPEND.reset(token)
+        return TrialResult(
+            case.case_id, trial, answer=obs.answer, outcome=obs.guard_outcome or "answered",
+            retrieved=observed.retrieved, citations=list(obs.citations), latency_ms=latency,
+            cost_usd=call.trace.cost_usd, prompt_tokens=observed.usage.prompt_tokens,
+            completion_tokens=observed.usage.completion_tokens, scores=scores, passed=passed,
+            judge_cost_usd=usd(spend.nanos), judge_tokens=spend.tokens,
+        )  # fmt: skip
+
+    async def _ask_app(self, call: _Call, messages: list[dict[str, Any]], body: dict[str, Any]) -> _Observed:
+        assert self.app is not None
+        outcome = await run_app(call, self.app, messages, body)
         status: GuardOutcome = "blocked" if outcome.blocked else "no_answer" if outcome.no_answer else "answered"
         obs = Observation(
             answer=outcome.text, retrieved_ids=tuple(dict.fromkeys(s.doc_id for s in outcome.context)),
             retrieved_texts=tuple(s.text for s in outcome.context), citations=tuple(s.doc_id for s in outcome.sources),
-            guard_outcome=status, template="blocked" if outcome.blocked else None, latency_ms=latency,
-            cost_usd=call.trace.cost_usd,
+            guard_outcome=status, template="blocked" if outcome.blocked else None,
+            tool_calls=tuple(outcome.backend_calls),
         )  # fmt: skip
-        ec = eval_case(case)
-        scores: dict[str, float | None] = {}
-        passed: dict[str, bool | None] = {}
-        for name, metric in metrics.items():
-            try:
-                result = await metric.ascore(ec, obs) if is_async_metric(metric) else metric.score(ec, obs)  # type: ignore[union-attr]
-            except (ValueError, TypeError, GengateError, TimeoutError) as exc:
-                log.warning("metric %s failed on case %s: %s", name, case.case_id, exc)
-                scores[name], passed[name] = None, None  # one broken metric must not lose the run
-                continue
-            scores[name], passed[name] = result.value, result.passed
-        return TrialResult(
-            case.case_id, trial, answer=outcome.text, outcome=status,
-            retrieved=[Retrieved(s.doc_id, s.title, s.text[:300]) for s in outcome.context],
-            citations=[s.doc_id for s in outcome.sources], latency_ms=latency, cost_usd=call.trace.cost_usd,
-            prompt_tokens=outcome.usage.prompt_tokens, completion_tokens=outcome.usage.completion_tokens,
-            scores=scores, passed=passed,
+        retrieved = [Retrieved(s.doc_id, s.title, s.text[:300]) for s in outcome.context]
+        return _Observed(obs, retrieved, outcome.usage)
+
+    async def _ask_model(self, call: _Call, messages: list[dict[str, Any]], body: dict[str, Any]) -> _Observed:
+        overrides = self.variant.overrides
+        if "system_prompt" in overrides:
+            messages = [{"role": "system", "content": str(overrides["system_prompt"])}] + [
+                m for m in messages if m.get("role") != "system"
+            ]
+        request = {**body, "model": str(overrides.get("model", self.model)), "messages": messages}
+        http_call = Call(call.gateway, call.trace, time.perf_counter(), principal=call.principal)
+        result = await complete_model(http_call, request)
+        choices = result.get("choices") or [{}]
+        message = choices[0].get("message") if isinstance(choices[0], dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        blocked = call.trace.error_code == "guard_blocked"
+        obs = Observation(
+            answer=content if isinstance(content, str) else "", guard_outcome="blocked" if blocked else "answered",
+            template="blocked" if blocked else None,
         )  # fmt: skip
+        return _Observed(obs, [], usage_of(result) or Usage())
+
+
+@dataclass(frozen=True)
+class _Observed:
+    observation: Observation
+    retrieved: list[Retrieved]
+    usage: Usage

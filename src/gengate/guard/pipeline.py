@@ -191,12 +191,16 @@ class GuardPipeline:
 class Guard:
     """Every configured profile, built once at start-up."""
 
-    def __init__(self, settings: GuardSettings, registry: DetectorRegistry | None = None) -> None:
+    def __init__(
+        self, settings: GuardSettings, registry: DetectorRegistry | None = None, *, hash_key: bytes | None = None
+    ) -> None:
         self.settings = settings
         registry = registry or DetectorRegistry()
         for name, template in settings.templates.items():
             check_template(name, template)
-        key = settings.hash_key.get_secret_value().encode() if settings.hash_key else secrets.token_bytes(32)
+        # Configured key, else the caller's (the gateway keeps one in its data directory), else one per process.
+        key = settings.hash_key.get_secret_value().encode() if settings.hash_key else hash_key
+        key = key or secrets.token_bytes(32)
         cache: dict[str, Detector] = {}
         self.pipelines: dict[str, GuardPipeline] = {}
         for pname, profile in settings.profiles.items():

@@ -105,7 +105,7 @@ class LocalLLMProvider:
             else:
                 await self._stop()
                 raise ProviderUnavailable("the local model server did not start in time", retryable=False)
-        self._client = OpenAICompatProvider(self.name, self._settings, base_url=base)
+        self._client = OpenAICompatProvider(self.name, self._settings, base_url=base, uuid_request_ids=True)
         return self._client
 
     async def complete(self, call: UpstreamCall) -> dict[str, Any]:

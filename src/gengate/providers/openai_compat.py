@@ -8,6 +8,7 @@ Owns: HTTP to upstreams, status → error classification, SSE parsing. Must not:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,8 +27,13 @@ _MAX_ERROR_BODY = 4096
 class OpenAICompatProvider:
     """Talks to any server that implements OpenAI's `/chat/completions` and `/embeddings`."""
 
-    def __init__(self, name: str, settings: ProviderSettings, *, base_url: str | None = None) -> None:
+    def __init__(
+        self, name: str, settings: ProviderSettings, *, base_url: str | None = None, uuid_request_ids: bool = False
+    ) -> None:
         self.name = name
+        # Some servers (llama-cpp-python's, via starlette-context) answer 400 to an `x-request-id` that is not a
+        # UUID; for them the id is sent as a UUID derived from ours, so logs on both sides still correlate.
+        self._uuid_ids = uuid_request_ids
         self._settings = settings
         self._base = (base_url or settings.base_url or "").rstrip("/")
         self._azure = settings.type == "azure"
@@ -49,6 +55,14 @@ class OpenAICompatProvider:
                 connector=connector, headers=self._headers, json_serialize=lambda o: orjson.dumps(o).decode()
             )
         return self._session
+
+    def _request_id(self, call: UpstreamCall) -> str:
+        if not self._uuid_ids:
+            return call.request_id
+        try:
+            return str(uuid.UUID(call.request_id))
+        except ValueError:
+            return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gengate:{call.request_id}"))
 
     def url(self, operation: str, model: str) -> str:
         """The upstream URL for an operation (`chat/completions` or `embeddings`)."""
@@ -106,7 +120,7 @@ class OpenAICompatProvider:
                 self.url(operation, call.model),
                 data=body,
                 timeout=self._timeout(call, stream=False),
-                headers={"x-request-id": call.request_id},
+                headers={"x-request-id": self._request_id(call)},
             ) as resp:
                 if resp.status != 200:
                     await self._raise_for(resp)
@@ -144,7 +158,7 @@ class OpenAICompatProvider:
                 self.url("chat/completions", call.model),
                 data=orjson.dumps(call.payload),
                 timeout=self._timeout(call, stream=True),
-                headers={"x-request-id": call.request_id, "accept": "text/event-stream"},
+                headers={"x-request-id": self._request_id(call), "accept": "text/event-stream"},
             ) as resp:
                 if resp.status != 200:
                     await self._raise_for(resp)

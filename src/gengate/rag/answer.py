@@ -312,12 +312,18 @@ class _QueryTerm:
     initial: bool = False  # "Tesla's ...?", "Initech: ...?" open the question: a name if the passages lack it
 
 
+_MASK = re.compile(r"\[[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\]")
+
+
 def _query_terms(question: str) -> list[_QueryTerm]:
     """Distinct question terms, with names and numbers marked (names only when the question is not Title Case).
 
     A name is a capitalised word that does not start a sentence, an all-capitals word (a ticker, an acronym) or an
     identifier mixing letters and digits ("B12", "Q3"); a number is one of two or more digits.
     """
+    # A redaction mask ("[PII_EMAIL]", from the guard or a dataset built from redacted traces) is not a name
+    # the answer must contain; blank it out (same length, so offsets stay put).
+    question = _MASK.sub(lambda m: " " * len(m.group()), question)
     matches = list(_TOKEN.finditer(question))
     words = [m.group() for m in matches if m.group()[0].isalpha()]
     capitalised = sum(1 for w in words if w[0].isupper())

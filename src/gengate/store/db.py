@@ -19,7 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gengate.errors import ConfigError
-from gengate.store.schema import MIGRATIONS, api_keys, guard_findings, metadata, requests, schema_version
+from gengate.store.schema import MIGRATIONS, api_keys, guard_findings, metadata, requests, responses, schema_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +155,19 @@ class Store:
 
     # -- request log --------------------------------------------------------------------------------------
 
-    async def write_requests(self, rows: Sequence[dict[str, Any]], findings: Sequence[dict[str, Any]] = ()) -> None:
-        """Insert a batch of trace records (and their guard findings) in one transaction."""
-        if rows or findings:
+    async def write_requests(
+        self, rows: Sequence[dict[str, Any]], findings: Sequence[dict[str, Any]] = (),
+        answers: Sequence[dict[str, Any]] = (),
+    ) -> None:  # fmt: skip
+        """Insert a batch of trace records (with their guard findings and responses) in one transaction."""
+        if rows or findings or answers:
             async with self.engine.begin() as conn:
                 if rows:
                     await conn.execute(requests.insert(), list(rows))
                 if findings:
                     await conn.execute(guard_findings.insert(), list(findings))
+                if answers:
+                    await conn.execute(responses.insert(), list(answers))
 
     async def findings_for(self, request_id: str) -> list[dict[str, Any]]:
         """Guard findings recorded for one request."""

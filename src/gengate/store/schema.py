@@ -185,6 +185,164 @@ eval_cases = sa.Table(
 sa.Index("ix_eval_cases_dataset", eval_cases.c.dataset_pk)
 
 
+# -- the outer loop (v5): answers people received, their feedback, A/B experiments, evaluation runs -------------
+
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),  # the completion id is `chatcmpl-<request_id>`
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("app", sa.String(128), nullable=True),  # NULL for plain model calls
+    sa.Column("model", sa.String(200), nullable=True),
+    sa.Column("subject", sa.String(200), nullable=True),
+    sa.Column("team", sa.String(200), nullable=True),
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("experiment", sa.String(128), nullable=True),
+    sa.Column("variant", sa.String(128), nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=False),  # answered | no_answer | blocked | error
+    sa.Column("question", sa.Text, nullable=True),  # per the app's payload setting: full, redacted or NULL
+    sa.Column("answer", sa.Text, nullable=True),
+    sa.Column("payload", sa.String(16), nullable=False),  # full | redacted | none
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("latency_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("findings", sa.Integer, nullable=False, default=0),
+    sa.Column("sources", sa.Text, nullable=False, default="[]"),  # JSON [{kb, doc_id, version}] the answer cited
+)
+sa.Index("ix_responses_app_ts", responses.c.app, responses.c.ts)
+sa.Index("ix_responses_subject", responses.c.subject)
+sa.Index("ix_responses_experiment", responses.c.experiment, responses.c.variant)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(128), nullable=False),  # the client's id: a retry is recognised, not re-counted
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("subject", sa.String(200), nullable=True),
+    sa.Column("team", sa.String(200), nullable=True),
+    sa.Column("app", sa.String(128), nullable=True),
+    sa.Column("experiment", sa.String(128), nullable=True),
+    sa.Column("variant", sa.String(128), nullable=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # thumbs | score | copy | regenerate | share
+    sa.Column("value", sa.Float, nullable=True),  # thumbs: 1 up / 0 down; score: the score
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.UniqueConstraint("request_id", "event_id", name="uq_feedback_event"),
+)
+sa.Index("ix_feedback_app_ts", feedback.c.app, feedback.c.ts)
+sa.Index("ix_feedback_experiment", feedback.c.experiment, feedback.c.variant)
+sa.Index("ix_feedback_subject", feedback.c.subject)
+
+experiments = sa.Table(
+    "experiments",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("app", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # draft | running | paused | stopped | shipped
+    sa.Column("spec", sa.Text, nullable=False),  # JSON: variants (name, weight, overrides), metric, alpha, guardrails
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("stopped_at", sa.Float, nullable=True),
+    sa.Column("winner", sa.String(128), nullable=True),
+    sa.Column("note", sa.Text, nullable=False, default=""),  # why it stopped (a guardrail breach, a decision)
+)
+sa.Index("ix_experiments_app_status", experiments.c.app, experiments.c.status)
+
+eval_runs = sa.Table(
+    "eval_runs",
+    metadata,
+    sa.Column("run_id", sa.String(128), primary_key=True),
+    sa.Column("target", sa.String(200), nullable=False),  # app/<name> or a model alias
+    sa.Column("dataset", sa.String(128), nullable=False),
+    sa.Column("dataset_version", sa.String(32), nullable=False),
+    sa.Column("variant", sa.String(128), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("knowledge", sa.Text, nullable=False, default="{}"),  # JSON {kb: last kb_events id seen}
+)
+sa.Index("ix_eval_runs_target", eval_runs.c.target, eval_runs.c.started_at)
+
+
+# -- the dashboard (v6): browser sessions, and indexes its pages page and aggregate by -------------------------
+
+ui_sessions = sa.Table(
+    "ui_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),  # sha256 of the session id; the id lives only in the cookie
+    sa.Column("subject", sa.String(200), nullable=False),
+    sa.Column("team", sa.String(200), nullable=False),
+    sa.Column("groups", sa.Text, nullable=False, default="[]"),  # JSON: the JWT's groups (knowledge-base access)
+    sa.Column("admin", sa.Boolean, nullable=False, default=False),
+    sa.Column("auth", sa.String(16), nullable=False),  # key | jwt | admin
+    sa.Column("key_id", sa.String(32), nullable=True),  # a virtual key's id: revoking the key ends the session
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+sa.Index("ix_ui_sessions_expires", ui_sessions.c.expires_at)
+
+# Hourly roll-ups of the request log, so charts over days and spend against budgets read thousands of rows, not
+# millions. Filled lazily by the dashboard (gengate.store.ui_rollups) up to `ui_rollup_state.rolled_until`.
+LATENCY_EDGES_MS = (5, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10_000, 30_000, 60_000)
+
+ui_rollup_requests = sa.Table(
+    "ui_rollup_requests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("hour", sa.Float, nullable=False),  # the hour's start (epoch seconds, UTC)
+    sa.Column("team", sa.String(200), nullable=True),
+    sa.Column("model", sa.String(200), nullable=True),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("client_errors", sa.Integer, nullable=False),
+    sa.Column("server_errors", sa.Integer, nullable=False),
+    sa.Column("blocked", sa.Integer, nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_usd", sa.Float, nullable=False),
+    # le_<i>: requests with latency at or below LATENCY_EDGES_MS[i] (a cumulative histogram).
+    *(sa.Column(f"le_{i}", sa.Integer, nullable=False) for i in range(len(LATENCY_EDGES_MS))),
+)
+sa.Index("ix_ui_rollup_requests_hour", ui_rollup_requests.c.hour)
+
+ui_rollup_keys = sa.Table(
+    "ui_rollup_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("hour", sa.Float, nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("cost_usd", sa.Float, nullable=False),
+)
+sa.Index("ix_ui_rollup_keys_key_hour", ui_rollup_keys.c.key_id, ui_rollup_keys.c.hour)
+
+ui_rollup_apps = sa.Table(
+    "ui_rollup_apps",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("hour", sa.Float, nullable=False),
+    sa.Column("team", sa.String(200), nullable=True),
+    sa.Column("app", sa.String(128), nullable=True),
+    sa.Column("responses", sa.Integer, nullable=False),
+    sa.Column("cost_usd", sa.Float, nullable=False),
+)
+sa.Index("ix_ui_rollup_apps_hour", ui_rollup_apps.c.hour)
+
+ui_rollup_state = sa.Table(
+    "ui_rollup_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1
+    sa.Column("rolled_until", sa.Float, nullable=False),  # hours before this are in the roll-ups
+)
+
+# The request log pages newest first by (ts, id) through ix_requests_ts / ix_requests_team_ts; these serve the
+# dashboard's filters (a subject, blocked requests) and its team-scoped findings and comments without a scan.
+_ui_indexes = (
+    sa.Index("ix_requests_subject_ts", requests.c.subject, requests.c.ts),
+    sa.Index("ix_requests_error_ts", requests.c.error_code, requests.c.ts),
+    sa.Index("ix_guard_findings_team_ts", guard_findings.c.team, guard_findings.c.ts),
+    sa.Index("ix_feedback_team_id", feedback.c.team, feedback.c.id),
+)
+
+
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[api_keys, requests])
 
@@ -202,4 +360,16 @@ def _v4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[eval_datasets, eval_cases])
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
+def _v5(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[responses, feedback, experiments, eval_runs])
+
+
+def _v6(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[ui_sessions, ui_rollup_requests, ui_rollup_keys, ui_rollup_apps, ui_rollup_state])
+    for index in _ui_indexes:
+        index.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6)
+]  # fmt: skip

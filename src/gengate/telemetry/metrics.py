@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -42,6 +42,19 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.log_dropped = Counter("gengate_log_dropped", "Trace records that could not be written", registry=r)
+        # Drift (refreshed by the gateway's drift task, see `gengate.outer.drift_service`).
+        self.knowledge_changes = Gauge(
+            "gengate_knowledge_changes_since_eval", "Document changes in an app's knowledge bases since its last "
+            "evaluation run", ["app"], registry=r,
+        )  # fmt: skip
+        self.question_drift = Gauge(
+            "gengate_question_drift_score", "Effect size (homogeneity coefficient H) of recent questions vs the "
+            "app's evaluation dataset", ["app"], registry=r,
+        )  # fmt: skip
+        self.question_drifted = Gauge(
+            "gengate_question_drift_drifted", "1 when recent questions drifted from the evaluation dataset", ["app"],
+            registry=r,
+        )  # fmt: skip
         self._children: dict[tuple[str, str, str, int], tuple[Any, ...]] = {}
 
     def observe(

@@ -45,14 +45,27 @@ class TraceRecord:
     client_disconnected: bool = False
     # Guard findings (already free of raw values); written to their own table, not a column.
     findings: list[dict[str, Any]] = field(default_factory=list)
+    # What an app (or model) answered, for the outer loop: written to `responses` with the record's identity,
+    # cost and latency. Payload fields are already reduced to the app's payload setting (full/redacted/none).
+    response: dict[str, Any] | None = None
 
 
-_FIELDS = tuple(f.name for f in fields(TraceRecord) if f.name != "findings")
+_FIELDS = tuple(f.name for f in fields(TraceRecord) if f.name not in ("findings", "response"))
 
 
 def _row(record: TraceRecord) -> dict[str, Any]:
     # Shallow and flat: `dataclasses.asdict` deep-copies and cost ~35 µs a record on the hot path.
     return {name: getattr(record, name) for name in _FIELDS}
+
+
+def response_row(record: TraceRecord) -> dict[str, Any]:
+    """The `responses` row of a record that carries a response."""
+    assert record.response is not None
+    return {
+        **record.response, "request_id": record.id, "ts": record.ts, "subject": record.subject, "team": record.team,
+        "key_id": record.key_id, "model": record.model, "cost_usd": record.cost_usd, "latency_ms": record.latency_ms,
+        "findings": len(record.findings),
+    }  # fmt: skip
 
 
 class TraceWriter:
@@ -68,6 +81,8 @@ class TraceWriter:
         self._flush_seconds = flush_seconds
         self._max_queue = max_queue
         self._pending: list[TraceRecord] = []
+        self._writing: list[TraceRecord] = []  # the batch being written: not pending, not yet readable either
+        self._flushing = asyncio.Lock()  # so that `flush()` returns only once earlier records are written
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -86,19 +101,34 @@ class TraceWriter:
             self._wake.set()
 
     async def flush(self) -> None:
-        """Write everything queued so far."""
-        while self._pending:
-            batch, self._pending = (
-                self._pending[: self._batch_size * 10],
-                self._pending[self._batch_size * 10 :],
-            )
-            try:
-                await self._store.write_requests([_row(r) for r in batch], [f for r in batch for f in r.findings])
-            except Exception:
-                # Put the batch back and let the next round retry; the database may be restarting.
-                log.exception("writing %d trace records failed; will retry", len(batch))
-                self._pending[:0] = batch
-                raise
+        """Write everything queued so far (waiting for a batch another flush is writing)."""
+        async with self._flushing:
+            while self._pending:
+                batch, self._pending = (
+                    self._pending[: self._batch_size * 10],
+                    self._pending[self._batch_size * 10 :],
+                )
+                self._writing = batch
+                try:
+                    await self._store.write_requests(
+                        [_row(r) for r in batch], [f for r in batch for f in r.findings],
+                        [response_row(r) for r in batch if r.response is not None],
+                    )  # fmt: skip
+                except Exception:
+                    # Put the batch back and let the next round retry; the database may be restarting.
+                    log.exception("writing %d trace records failed; will retry", len(batch))
+                    self._pending[:0] = batch
+                    raise
+                finally:
+                    self._writing = []
+
+    def pending(self, request_id: str) -> TraceRecord | None:
+        """A record still waiting to be written (a caller may ask about a request the writer holds)."""
+        for queue in (self._pending, self._writing):
+            for record in reversed(queue):
+                if record.id == request_id:
+                    return record
+        return None
 
     async def _run(self) -> None:
         while not self._closing:

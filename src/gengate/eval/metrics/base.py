@@ -77,7 +77,8 @@ class Observation:
     `retrieved_ids` are in rank order and `retrieved_texts` hold the passages the answer was written from (same
     order; the texts may be empty when only ids are known). `citations` are the ids the answer cites. `template`
     is the name of the approved response template the answer came from (None for free text). `error` is set when
-    the trial failed; the other fields then hold whatever was observed before the failure.
+    the trial failed; the other fields then hold whatever was observed before the failure. `tool_calls` are the
+    app's tool requests that reached a backend, each `{"name", "status", "arguments"}` (the arguments sent).
     """
 
     answer: str = ""
@@ -89,6 +90,7 @@ class Observation:
     latency_ms: float | None = None
     cost_usd: float | None = None
     error: str | None = None
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.guard_outcome not in GUARD_OUTCOMES:
@@ -233,6 +235,7 @@ BUILTINS: Mapping[str, str] = MappingProxyType(
         "answer_relevance": "gengate.eval.metrics.grounding:AnswerRelevance",
         "judge_faithfulness": "gengate.eval.metrics.judge:JudgeFaithfulness",
         "judge_relevance": "gengate.eval.metrics.judge:JudgeRelevance",
+        "attack_resisted": "gengate.eval.metrics.attack:AttackResisted",
     }
 )
 

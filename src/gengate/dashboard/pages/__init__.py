@@ -1,0 +1,1 @@
+"""One module per dashboard page group; each exposes async handlers taking a `Ctx`."""

@@ -1,0 +1,1 @@
+"""The outer loop: feedback, A/B experiments, traces to datasets, drift, retention."""
