@@ -364,3 +364,30 @@ def test_embeddings_input_passes_the_input_stage(make_gateway, upstream: FakeUps
     assert "input.injection" in blocked.json()["error"]["message"] and len(upstream.requests) == before
     tokens = httpx.post(url, headers=headers, json={"model": "fake-embed", "input": [1, 2, 3]})
     assert tokens.status_code == 200
+
+
+def _output_judge_profile() -> dict[str, object]:
+    profile = _judge_profile()
+    rules = profile["guard"]["profiles"]["p"]  # type: ignore[index]
+    rules["output"] = rules.pop("input")
+    return profile
+
+
+@pytest.mark.parametrize(("verdict", "blocked"), [("VIOLATION", True), ("OK", False)])
+def test_a_streamed_answer_goes_to_the_judge_before_the_text_around_a_concern_is_released(
+    make_gateway, sdk, upstream: FakeUpstream, verdict: str, blocked: bool
+) -> None:
+    gw = make_gateway(_output_judge_profile())
+    answer = "Thanks for asking. " * 15 + "Honestly, Globex is cheaper: switch to them. " + "Have a good day. " * 15
+    upstream.queue("fake-model", Step(content=answer, chunk_delay=0.001))
+    upstream.queue("judge-model", Step(content=verdict))
+    chunks = list(sdk(gw, gw.create_key("team-a")).chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "any advice?"}], stream=True))  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    if blocked:
+        assert "Globex" not in text and "I'm sorry, but I can't help with that request." in text
+    else:
+        assert text.strip() == answer.strip()
+    # One judge call for the one concern, however many chunks arrived after it.
+    assert upstream.calls_for("judge-model") == 1
+    assert "Globex" in upstream.requests[-1]["messages"][1]["content"]

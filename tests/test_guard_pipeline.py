@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
-from gengate.app.guarding import GuardRun, StreamGuard
+from gengate.app.guarding import GuardRun, StreamGuard, scan
 from gengate.guard.base import Finding, ScanRequest, Stage
-from gengate.guard.pipeline import Guard, Pseudonyms
+from gengate.guard.pipeline import Guard, Pseudonyms, StageResult
 from gengate.guard.registry import DetectorRegistry
 from gengate.guard.templates import TemplateError, check_template, render
 from gengate.settings import GuardSettings, ResponseTemplate, TemplateSlot
@@ -146,17 +148,21 @@ def _stream(g: Guard, pieces: list[str], hold_back: int) -> tuple[list[str], boo
     assert pipeline is not None
     run = GuardRun(g, pipeline, TraceRecord(id="r", ts=0.0, endpoint="chat.completions", status=200))
     sg = StreamGuard(run, hold_back)
-    released: list[str] = []
-    for piece in pieces:
-        out = sg.feed(piece)
-        if out is None:
+
+    async def go() -> tuple[list[str], bool]:
+        released: list[str] = []
+        for piece in pieces:
+            out = await sg.feed(piece)
+            if out is None:
+                return released, True
+            released.append(out)
+        tail = await sg.finish()
+        if tail is None:
             return released, True
-        released.append(out)
-    tail = sg.finish()
-    if tail is None:
-        return released, True
-    released.append(tail)
-    return released, False
+        released.append(tail)
+        return released, False
+
+    return asyncio.run(go())
 
 
 def test_stream_holds_back_and_never_releases_blocked_text() -> None:
@@ -181,3 +187,62 @@ def test_explain_prints_the_pipeline_as_built() -> None:
     g = guard({"input": [{"detector": "words", "options": {"words": ["x"]}, "action": "block"}]}, teams={"ops": "p"})
     text = g.explain()
     assert "team ops → p" in text and "input:" in text and "words v1 → block" in text and "output: (no checks)" in text
+
+
+class _SlowDetector:
+    """A detector that takes its time (a stand-in for an expensive organisation-specific check)."""
+
+    name = "slow"
+    version = "1"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def scan(self, request: ScanRequest) -> list[Finding]:
+        time.sleep(self.seconds)
+        return []
+
+
+def _slow_guard(on_error: str, seconds: float) -> Guard:
+    reg = DetectorRegistry(load_plugins=False)
+    reg.register("slow", lambda options: _SlowDetector(**options))
+    profile = {"input": [{"detector": "slow", "options": {"seconds": seconds}, "action": "block"}],
+               "on_error": on_error, "scan_timeout": 0.2}  # fmt: skip
+    settings = GuardSettings.model_validate({"profiles": {"p": profile}, "default_profile": "p", "offload_chars": 100})
+    return Guard(settings, reg)
+
+
+@pytest.mark.parametrize(("on_error", "blocked"), [("closed", True), ("open", False)])
+def test_a_long_scan_runs_off_the_event_loop_and_a_timeout_follows_the_fail_policy(
+    on_error: str, blocked: bool
+) -> None:
+    g = _slow_guard(on_error, seconds=0.6)
+    pipeline = g.for_team("anyone")
+    assert pipeline is not None
+    run = GuardRun(g, pipeline, TraceRecord(id="r", ts=0.0, endpoint="chat.completions", status=200))
+
+    async def go() -> tuple[StageResult, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        try:
+            result = await scan(run, Stage.INPUT, "x" * 500)
+        finally:
+            task.cancel()
+        return result, ticks
+
+    result, ticks = asyncio.run(go())
+    assert ticks >= 5  # the loop kept serving while the detector worked in a thread
+    assert result.blocked is blocked and result.errors
+    run.record(result, "x" * 500)
+    actions = [f["action"] for f in run.trace.findings]
+    assert "error" in actions and ("block" in actions) is blocked
+    # Short texts are scanned inline (no timeout applies): the slow detector finishes and finds nothing.
+    short = asyncio.run(scan(run, Stage.INPUT, "tiny"))
+    assert not short.blocked and not short.errors

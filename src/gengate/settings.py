@@ -240,6 +240,8 @@ class GuardProfile(_Model):
     output: list[GuardRule] = []
     block_template: str = "blocked"
     on_error: Literal["open", "closed"] = "closed"  # a detector that fails: allow (open) or block (closed)
+    # A stage's scan of a long text (see guard.offload_chars) that takes longer than this follows on_error.
+    scan_timeout: float = Field(2.0, gt=0, le=60)
     restore_pseudonyms: bool = True  # put pseudonymised values back into the answer for the same caller
     judge: JudgeSettings | None = None
     # Template-only answers: the model only fills this template's slots (structured output, validated by
@@ -285,6 +287,9 @@ class GuardSettings(_Model):
     hold_back_chars: int = Field(160, ge=0, le=100_000)
     hash_key: Secret | None = None  # keys the hashes recorded for findings; else a key kept in storage.data_dir
     max_scan_chars: int = Field(200_000, ge=1000)
+    # Texts at least this long are scanned in a worker thread, so the event loop keeps serving other requests
+    # while detectors work (shorter ones cost less than the hand-off).
+    offload_chars: int = Field(2048, ge=0)
 
     @model_validator(mode="after")
     def _references_exist(self) -> GuardSettings:

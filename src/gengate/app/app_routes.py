@@ -19,7 +19,15 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gengate.app.errors import json_response
-from gengate.app.guarding import CONTEXT_REMOVED, GuardRun, blocked_completion, check_answer, check_messages, escalate
+from gengate.app.guarding import (
+    CONTEXT_REMOVED,
+    GuardRun,
+    blocked_completion,
+    check_answer,
+    check_messages,
+    escalate,
+    scan,
+)
 from gengate.apps.prompt import Source, cited, model_messages, retrieval_query
 from gengate.apps.tools import model_tools, run_tool_calls
 from gengate.errors import RequestError, UnknownModel
@@ -127,7 +135,7 @@ async def run_app(call: Any, name: str, messages: list[dict[str, Any]], body: di
     for item in retrieved:
         text = item.chunk.context or item.chunk.text
         if run is not None and run.pipeline.has(Stage.CONTEXT):
-            result = run.pipeline.scan(Stage.CONTEXT, text, pseudonyms=run.pseudonyms)
+            result = await scan(run, Stage.CONTEXT, text)
             await escalate(run, result, text)
             run.record(result, text)
             if result.blocked:
@@ -218,7 +226,7 @@ async def _ask_model(
             for item in results:
                 content = item.content
                 if run is not None and run.pipeline.has(Stage.CONTEXT):
-                    checked = run.pipeline.scan(Stage.CONTEXT, content, pseudonyms=run.pseudonyms)
+                    checked = await scan(run, Stage.CONTEXT, content)
                     await escalate(run, checked, content)
                     run.record(checked, content)
                     content = CONTEXT_REMOVED if checked.blocked else checked.text

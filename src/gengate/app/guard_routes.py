@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway
+from gengate.app.guarding import scan_text
 from gengate.app.requests import parse_object
 from gengate.errors import GengateError, PermissionDenied, RequestError
 from gengate.guard.base import Stage
@@ -62,7 +63,7 @@ async def guard_scan(request: Request) -> Response:
         system_prompt = body.get("system_prompt", "")
         if not isinstance(system_prompt, str):
             raise RequestError("system_prompt must be a string", param="system_prompt")
-        result = pipeline.scan(stage, text, system_prompt=system_prompt)
+        result = await scan_text(pipeline, gateway.guard.settings, stage, text, system_prompt=system_prompt)
         return json_response(scan_view(pipeline, result))
     except GengateError as exc:
         return error_response(exc)

@@ -8,6 +8,7 @@ Owns: where text lives in OpenAI payloads, the blocked-answer shape (with its ma
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from gengate.errors import GengateError
 from gengate.guard.base import Finding, Stage
 from gengate.guard.pipeline import Guard, GuardPipeline, Pseudonyms, RuleFinding, StageResult
 from gengate.policy.pricing import usd
+from gengate.settings import GuardSettings
 from gengate.telemetry.traces import TraceRecord
 
 # Which stage a message's text belongs to: users speak at input; tool results are retrieved context.
@@ -51,17 +53,35 @@ class GuardRun:
     blocked: StageResult | None = None
 
     def record(self, result: StageResult, text: str) -> None:
-        """Note a stage's findings on the trace (type, span, score and a keyed hash — never the value)."""
-        for item in result.findings:
+        """Note a stage's findings on the trace (type, span, score and a keyed hash — never the value).
+
+        Failures are findings too: a detector that raised, a judge without a verdict or a scan that timed out is
+        recorded with action `error`, and a fail-closed block caused by one with action `block`.
+        """
+        items = list(result.findings)
+        if result.blocked_by is not None and result.blocked_by not in items:
+            items.append(result.blocked_by)  # a fail-closed block: no detector finding stands for it
+        now = time.time()
+        for item in items:
             f = item.finding
             value = text[f.start : f.end] if not f.whole_text else ""
             self.trace.findings.append(
                 {
-                    "request_id": self.trace.id, "ts": time.time(), "team": self.trace.team,
+                    "request_id": self.trace.id, "ts": now, "team": self.trace.team,
                     "profile": self.pipeline.name, "stage": result.stage.value, "detector": f.detector,
                     "detector_version": self._version(f.detector), "label": f.label, "action": item.action,
                     "score": round(float(f.score), 4), "span_start": f.start, "span_end": f.end,
                     "value_hash": self.pipeline.fingerprint(value) if value else None,
+                }
+            )  # fmt: skip
+        for error in result.errors:
+            detector = error.split(":", 1)[0].strip()[:64] or "guard"
+            self.trace.findings.append(
+                {
+                    "request_id": self.trace.id, "ts": now, "team": self.trace.team, "profile": self.pipeline.name,
+                    "stage": result.stage.value, "detector": detector, "detector_version": self._version(detector),
+                    "label": f"error.{detector}"[:128], "action": "error", "score": 1.0, "span_start": 0,
+                    "span_end": 0, "value_hash": None,
                 }
             )  # fmt: skip
 
@@ -136,6 +156,28 @@ async def escalate(run: GuardRun, result: StageResult, text: str) -> None:
         )  # fmt: skip
 
 
+async def scan_text(
+    pipeline: GuardPipeline, settings: GuardSettings, stage: Stage, text: str, *, system_prompt: str = "",
+    pseudonyms: Pseudonyms | None = None,
+) -> StageResult:  # fmt: skip
+    """One stage over one text. Long texts are scanned in a worker thread so the event loop keeps serving other
+    requests meanwhile; such a scan past the profile's `scan_timeout` follows its fail-open/closed policy."""
+    if len(text) < settings.offload_chars:
+        return pipeline.scan(stage, text, system_prompt=system_prompt, pseudonyms=pseudonyms)
+    work = functools.partial(pipeline.scan, stage, text, system_prompt=system_prompt, pseudonyms=pseudonyms)
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(work), pipeline.profile.scan_timeout)
+    except TimeoutError:
+        return pipeline.timed_out(stage, text)
+
+
+async def scan(run: GuardRun, stage: Stage, text: str, *, system_prompt: str = "") -> StageResult:
+    """`scan_text` with the request's pipeline and pseudonyms."""
+    return await scan_text(
+        run.pipeline, run.guard.settings, stage, text, system_prompt=system_prompt, pseudonyms=run.pseudonyms
+    )
+
+
 def _text_parts(message: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
     """(container, key) pairs whose value is a text to check inside one message."""
     content = message.get("content")
@@ -160,7 +202,7 @@ async def check_messages(run: GuardRun, messages: list[dict[str, Any]]) -> None:
             continue
         for container, key in _text_parts(message):
             text = container[key]
-            result = run.pipeline.scan(stage, text, pseudonyms=run.pseudonyms)
+            result = await scan(run, stage, text)
             await escalate(run, result, text)
             run.record(result, text)
             if result.blocked and stage is Stage.CONTEXT:
@@ -174,7 +216,7 @@ async def check_messages(run: GuardRun, messages: list[dict[str, Any]]) -> None:
 
 async def check_answer(run: GuardRun, text: str) -> str:
     """Output stage on a whole answer: the text to send (template if blocked, redacted, pseudonyms restored)."""
-    result = run.pipeline.scan(Stage.OUTPUT, text, system_prompt=run.system_prompt, pseudonyms=run.pseudonyms)
+    result = await scan(run, Stage.OUTPUT, text, system_prompt=run.system_prompt)
     await escalate(run, result, text)
     run.record(result, text)
     if result.blocked:
@@ -203,7 +245,9 @@ class StreamGuard:
 
     Each time new text arrives the whole answer so far is checked; everything but the last `hold_back`
     characters is released. A block ends the stream with the template: nothing unchecked was sent, and text
-    already released had passed every check with at least `hold_back` characters of look-ahead.
+    already released had passed every check with at least `hold_back` characters of look-ahead. Escalated
+    findings go to the judge before the text around them is released; each finding (label and position) is
+    judged once per stream, so a long answer costs one judge call per new concern, not one per chunk.
     """
 
     def __init__(self, run: GuardRun, hold_back: int) -> None:
@@ -213,11 +257,20 @@ class StreamGuard:
         self._released = 0
         self._clean = ""  # redacted view of the whole answer at the last check
         self._finished = False
+        self._judged: set[tuple[str, int]] = set()
 
-    def _check(self) -> bool:
-        result = self.run.pipeline.scan(
-            Stage.OUTPUT, self._text, system_prompt=self.run.system_prompt, pseudonyms=self.run.pseudonyms
-        )
+    async def _check(self) -> bool:
+        result = await scan(self.run, Stage.OUTPUT, self._text, system_prompt=self.run.system_prompt)
+        fresh = {(f.finding.label, f.finding.start) for f in result.escalations} - self._judged
+        if fresh and not result.blocked:
+            await escalate(self.run, result, self._text)
+            self._judged |= fresh
+            if not result.blocked:  # the judge cleared it: keep its verdict on the record now
+                verdicts = [f for f in result.findings if f.finding.detector == "judge"]
+                self.run.record(StageResult(Stage.OUTPUT, self._text, findings=verdicts), self._text)
+        else:
+            # Concerns the judge already cleared in this stream are not re-asked.
+            result.escalations = [f for f in result.escalations if (f.finding.label, f.finding.start) in fresh]
         if result.blocked:
             self.run.record(result, self._text)
             self.run.blocked = result
@@ -228,21 +281,21 @@ class StreamGuard:
 
     _last: StageResult
 
-    def feed(self, piece: str) -> str | None:
+    async def feed(self, piece: str) -> str | None:
         """Add streamed text; return what may be released now ('' for nothing), or None if blocked."""
         self._text += piece
         if len(self._text) - self._released <= self.hold_back:
             return ""
-        if not self._check():
+        if not await self._check():
             return None
         return self._release(len(self._clean) - self.hold_back)
 
-    def finish(self) -> str | None:
+    async def finish(self) -> str | None:
         """The stream ended: check everything and release the rest (None if blocked)."""
         if self._finished or not self._text:
             return ""
         self._finished = True
-        if not self._check():
+        if not await self._check():
             return None
         self.run.record(self._last, self._text)
         return self._release(len(self._clean))

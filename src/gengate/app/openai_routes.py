@@ -286,7 +286,7 @@ async def _guard_answer(run: GuardRun, result: dict[str, Any]) -> None:
         result["gengate"] = run.extension()
 
 
-def _guard_chunk(guard: StreamGuard, chunk: Chunk) -> list[Chunk] | None:
+async def _guard_chunk(guard: StreamGuard, chunk: Chunk) -> list[Chunk] | None:
     """What to send for one upstream chunk under output checks (None: the answer is blocked)."""
     out: list[Chunk] = []
     choices = []
@@ -298,13 +298,13 @@ def _guard_chunk(guard: StreamGuard, chunk: Chunk) -> list[Chunk] | None:
         delta = dict(delta)
         content = delta.pop("content", None)
         if isinstance(content, str) and content:
-            released = guard.feed(content)
+            released = await guard.feed(content)
             if released is None:
                 return None
             if released:
                 delta["content"] = released
         if choice.get("finish_reason") is not None:
-            tail = guard.finish()
+            tail = await guard.finish()
             if tail is None:
                 return None
             if tail:
@@ -432,7 +432,7 @@ async def _relay(
                         pieces.append(delta["content"])
             last = chunk
             if guard is not None and chunk.get("choices"):
-                outgoing = _guard_chunk(guard, chunk)
+                outgoing = await _guard_chunk(guard, chunk)
                 if outgoing is None:  # blocked: the template ends the stream, the upstream is closed
                     for blocked in _guard_blocked_tail(guard, chunk):
                         yield blocked
@@ -445,7 +445,7 @@ async def _relay(
                 yield _sse({k: v for k, v in chunk.items() if k != "usage"})
             chunk = await anext(rest, None)
         if guard is not None and not guard.run.blocked:
-            tail = guard.finish()
+            tail = await guard.finish()
             if tail is None:
                 for blocked in _guard_blocked_tail(guard, last):
                     yield blocked

@@ -157,6 +157,14 @@ class GuardPipeline:
             result.text = self._redact(text, redactions, pseudonyms)
         return result
 
+    def timed_out(self, stage: Stage, text: str) -> StageResult:
+        """The result of a scan that took longer than the profile's `scan_timeout`: the fail-open/closed policy."""
+        result = StageResult(stage=stage, text=text, errors=[f"scan: timed out after {self.profile.scan_timeout} s"])
+        if self.profile.on_error == "closed":
+            failure = Finding("error.timeout", 0, 0, 1.0, "guard", "the stage's checks timed out")
+            result.blocked_by = RuleFinding(failure, GuardRule(detector="guard", action="block"), 0)
+        return result
+
     def _redact(self, text: str, items: Sequence[RuleFinding], pseudonyms: Pseudonyms | None) -> str:
         out: list[str] = []
         cursor = 0
