@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 import yaml
 
+from dashboard_helpers import UiClient
 from fake_upstream import FakeUpstream
 from gengate.app.factory import GatewayHolder, create_admin_app, create_app
 from gengate.settings import Settings, load_settings
@@ -189,6 +190,24 @@ def gateway(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     return make_gateway()
 
 
+@pytest.fixture
+def open_ui() -> Iterator[Callable[..., UiClient]]:
+    """Build dashboard clients (signed in when given a credential); all closed after the test."""
+    made: list[UiClient] = []
+
+    def make(gw: RunningGateway, credential: str | None = None, *, admin_port: bool = False) -> UiClient:
+        client = UiClient(gw.admin_url if admin_port else gw.url)
+        made.append(client)
+        if credential is not None:
+            resp = client.sign_in(credential)
+            assert resp.status_code == 303, resp.text
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
 def require(what: str, why: str) -> None:
     """A missing service or model: fail in CI (GENGATE_REQUIRE_SERVICES, set by .ci/run), skip elsewhere."""
     if os.environ.get("GENGATE_REQUIRE_SERVICES"):
@@ -216,6 +235,24 @@ def pg_url() -> Iterator[str]:
         require("PostgreSQL", f"unreachable: {exc}")
     yield PG_URL.rsplit("/", 1)[0] + "/" + name
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config overrides for a gateway on SQLite (the default, under tmp_path) or on a fresh PostgreSQL database.
+
+    Request it before `make_gateway`, so that gateways stop before their database is dropped.
+    """
+    if request.param == "sqlite":
+        return {}
+    return {"storage": {"url": request.getfixturevalue("pg_url")}}
+
+
+@pytest.fixture
+def database_url(storage: dict[str, Any], tmp_path: Path) -> str:
+    """The SQLAlchemy URL of the `storage` database (the one `make_gateway`'s gateways use), for `open_store`."""
+    raw = storage.get("storage", {}).get("url") or f"sqlite:///{tmp_path / 'data' / 'gengate.db'}"
+    return Settings.model_validate({"storage": {"url": raw}}).database_url
 
 
 @pytest.fixture

@@ -1,17 +1,22 @@
-"""Helpers for the dashboard tests: a signed-in HTTP client, and rows to seed the request log with."""
+"""Helpers for the dashboard tests: a signed-in HTTP client, rows to seed the request log with, and readers of the
+pages' tables and figures."""
 
 from __future__ import annotations
 
+import html
 import re
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from conftest import RunningGateway
+if TYPE_CHECKING:  # conftest imports this module for its `open_ui` fixture
+    from conftest import RunningGateway
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+TABLE = re.compile(r"<table>(.*?)</table>", re.S)
+TAG = re.compile(r"<[^>]+>")
 UI = {"ui": {"cookie_secure": False}}
 
 
@@ -73,3 +78,36 @@ def finding_row(request_id: str, **over: Any) -> dict[str, Any]:
 def seed(gw: RunningGateway, rows: list[dict[str, Any]], findings: list[dict[str, Any]] | None = None,
          answers: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
     gw.run(gw.gateway.store.write_requests(rows, findings or [], answers or []))
+
+
+def cells(page: str, first_header: str) -> list[list[str]]:
+    """The rows (cell text, tags stripped) of the page's first table whose first column is `first_header`."""
+    for found in TABLE.findall(page):
+        head, _, body = found.partition("</thead>")
+        first = re.search(r"<th(?: [^>]*)?>(.*?)</th>", head)
+        if first is not None and html.unescape(first.group(1)) == first_header:
+            rows = re.findall(r"<tr>(.*?)</tr>", body)
+            return [[html.unescape(TAG.sub("", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+                    for row in rows if "colspan" not in row]  # fmt: skip
+    raise AssertionError(f"no table starting with {first_header!r}")
+
+
+def card(page: str, label: str) -> str:
+    """The value of one of the overview's headline figures."""
+    found = re.search(r'<div class="k">' + re.escape(label) + r'</div><div class="v">([^<]*)</div>', page)
+    assert found is not None, label
+    return html.unescape(found.group(1))
+
+
+def walk(ui: UiClient, path: str, pages: int = 10) -> list[str]:
+    """The request ids of a request-log search, following its "Older requests" links."""
+    seen: list[str] = []
+    for _ in range(pages):
+        page = ui.http.get(path)
+        assert page.status_code == 200, page.text
+        seen += re.findall(r'href="/ui/requests/([^"?]+)"', page.text)
+        older = re.search(r'href="(/ui/requests\?before=[^"]+)">Older', page.text)
+        if older is None:
+            return seen
+        path = html.unescape(older.group(1))
+    raise AssertionError(f"more than {pages} pages")

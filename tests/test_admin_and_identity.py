@@ -64,6 +64,9 @@ def test_admin_api_refuses_non_admin_callers(gateway) -> None:
         ({"team": "a", "budget_period": "fortnight"}, "budget_period"),
         ({"team": "a", "colour": "blue"}, "unknown fields"),
         ({"team": "a", "expires_in_seconds": -5}, "expires_in_seconds"),
+        ({"team": "t" * 201}, "team must be at most 200 characters"),
+        ({"team": "a", "name": "bad\u0000name"}, "name must be at most 200 characters, without NUL"),
+        ({"team": "a", "models": ["m" * 201]}, "model pattern"),
     ],
 )
 def test_admin_key_creation_validates_fields(gateway, body: dict[str, object], fragment: str) -> None:

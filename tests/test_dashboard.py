@@ -1,5 +1,5 @@
-"""The dashboard over real HTTP: sign-in and sessions, CSRF, team isolation, keyset pagination, escaping, planes,
-and bad input answered with a 4xx page (never a 500)."""
+"""The dashboard over real HTTP, on SQLite and on PostgreSQL: sign-in and sessions, CSRF, team isolation, keyset
+pagination, roll-ups, escaping, planes, and bad input answered with a 4xx page (never a 500)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
 
 import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
 
-from conftest import ADMIN_KEY, RunningGateway, free_port
-from dashboard_helpers import UI, UiClient, finding_row, request_row, seed
+from conftest import ADMIN_KEY, free_port
+from dashboard_helpers import UI, finding_row, request_row, seed
 from gengate.outer.experiments import spec_from_data
 from gengate.store.experiments import ExperimentStore
 from gengate.store.schema import ui_sessions
@@ -36,26 +35,9 @@ def _token(**claims: object) -> str:
 
 
 @pytest.fixture
-def open_ui() -> Iterator[Callable[..., UiClient]]:
-    """Build UiClients (signed in when given a credential); all closed after the test."""
-    made: list[UiClient] = []
-
-    def make(gw: RunningGateway, credential: str | None = None, *, admin_port: bool = False) -> UiClient:
-        client = UiClient(gw.admin_url if admin_port else gw.url)
-        made.append(client)
-        if credential is not None:
-            resp = client.sign_in(credential)
-            assert resp.status_code == 303, resp.text
-        return client
-
-    yield make
-    for client in made:
-        client.close()
-
-
-@pytest.fixture
-def gw(make_gateway):
-    return make_gateway(UI)
+def gw(storage, make_gateway):
+    """A gateway serving the dashboard, on SQLite and on PostgreSQL."""
+    return make_gateway({**UI, **storage})
 
 
 def test_pages_send_a_visitor_without_a_session_to_sign_in(gw) -> None:
@@ -240,6 +222,11 @@ def test_recorded_values_are_escaped(gw, open_ui) -> None:
         ("GET", "/ui/?range=2y", None, 400),
         ("GET", "/ui/feedback?before=abc", None, 400),
         ("GET", "/ui/requests/no-such-request", None, 404),
+        ("GET", "/ui/requests/" + "r" * 300, None, 404),
+        ("GET", "/ui/requests/nul%00byte", None, 400),  # PostgreSQL refuses NUL in text: never sent to it
+        ("GET", "/ui/knowledge/nul%00byte", None, 400),
+        ("GET", "/ui/experiments/nul%00byte", None, 400),
+        ("POST", "/ui/keys/nul%00byte/revoke", {}, 400),
         ("GET", "/ui/knowledge/no-such-kb", None, 404),
         ("GET", "/ui/knowledge/no-such-kb/document?id=x", None, 404),
         ("GET", "/ui/evals/no-such-run", None, 404),
@@ -274,8 +261,8 @@ def test_sign_in_never_redirects_off_the_dashboard(gw, open_ui) -> None:
     assert open_ui(gw).sign_in(ADMIN_KEY, next_path="/ui/keys").headers["location"] == "/ui/keys"
 
 
-def test_with_an_admin_port_admins_sign_in_there_only(make_gateway, open_ui) -> None:
-    gw = make_gateway({**UI, "server": {"admin_port": free_port()}})
+def test_with_an_admin_port_admins_sign_in_there_only(storage, make_gateway, open_ui) -> None:
+    gw = make_gateway({**UI, **storage, "server": {"admin_port": free_port()}})
     public = open_ui(gw)
     resp = public.sign_in(ADMIN_KEY)
     assert resp.status_code == 403 and "admin port" in resp.text
@@ -288,8 +275,8 @@ def test_with_an_admin_port_admins_sign_in_there_only(make_gateway, open_ui) -> 
     assert member.get("/ui/requests").status_code == 200
 
 
-def test_jwt_sign_in_maps_team_and_admin_role(make_gateway, open_ui) -> None:
-    gw = make_gateway({**UI, **JWT})
+def test_jwt_sign_in_maps_team_and_admin_role(storage, make_gateway, open_ui) -> None:
+    gw = make_gateway({**UI, **JWT, **storage})
     member = open_ui(gw, _token(team="research"))
     assert "carol (team research)" in member.get("/ui/").text
     assert member.get("/ui/evals").status_code == 403
@@ -297,10 +284,13 @@ def test_jwt_sign_in_maps_team_and_admin_role(make_gateway, open_ui) -> None:
     assert admin.get("/ui/evals").status_code == 200
     expired = open_ui(gw).sign_in(_token(team="x", exp=int(time.time()) - 600))
     assert expired.status_code == 401
+    long = open_ui(gw).sign_in(_token(team="research", sub="s" * 255))  # OpenID Connect allows 255 characters
+    assert long.status_code == 401 and "too long" in long.text  # refused, never cut to fit the session's column
 
 
-def test_experiment_starts_and_stops_from_the_dashboard(make_gateway, open_ui) -> None:
-    gw = make_gateway({**UI, "rag": {"embeddings": "none"}, "apps": {"help": {"knowledge_bases": ["handbook"]}}})
+def test_experiment_starts_and_stops_from_the_dashboard(storage, make_gateway, open_ui) -> None:
+    apps = {"help": {"knowledge_bases": ["handbook"]}}
+    gw = make_gateway({**UI, **storage, "rag": {"embeddings": "none"}, "apps": apps})
     spec = spec_from_data({"name": "tone", "app": "help", "variants": [{"name": "control"}, {"name": "terse"}]})
     gw.run(ExperimentStore(gw.gateway.store.engine).create(spec))
     ui = open_ui(gw, ADMIN_KEY)

@@ -1,6 +1,7 @@
 """Drift, as an operator watches it: documents that changed since the last evaluation run (in `gengate drift
 knowledge`, in /metrics, and re-evaluated by `gengate drift watch`), and production questions moving to a topic
-the evaluation dataset does not cover (`gengate drift questions`, /metrics) — with real answers over HTTP."""
+the evaluation dataset does not cover (`gengate drift questions`, /metrics) — with real answers over HTTP, on SQLite
+and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -20,8 +21,14 @@ from conftest import RunningGateway, base_config, merge, require
 from gengate.cli.main import main
 from gengate.embed import minilm
 from gengate.errors import ConfigError
+from gengate.outer.drift_service import knowledge_drift
 from gengate.outer.knowledge_drift import knowledge_changes
-from gengate.settings import load_settings
+from gengate.rag.kb import KnowledgeBases
+from gengate.rag.sources import scan_source
+from gengate.settings import Settings, load_settings
+from gengate.store.db import open_store
+from gengate.store.knowledge import KnowledgeStore
+from gengate.store.outer_runs import OuterRunsStore
 from rag_corpus import JWT_AUTH, token, write_corpus
 
 BOB = token("bob", ["staff"], team="staff-team")
@@ -30,6 +37,7 @@ APPS = {
     "desk": {"knowledge_bases": ["handbook"], "payloads": "redacted", "extractive_encoder": False},
 }
 STAFF = {"subject": "bob", "team": "staff-team", "groups": ["staff"]}
+NOTE = "---\ntitle: A note\naccess:\n  groups: [staff]\n---\n# A note\n\nNotes are kept for a year.\n"
 
 # What the evaluation dataset covers: leave, expenses and pay.
 HR_QUESTIONS = [
@@ -65,9 +73,10 @@ IT_QUESTIONS = [
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A config file: the handbook knowledge base, JWT users, drift checked every half second."""
-    config = merge(base_config(None, tmp_path / "data"), {**JWT_AUTH, "apps": APPS})
+def project(storage: dict[str, Any], tmp_path: Path) -> Path:
+    """A config file, on SQLite or PostgreSQL: the handbook knowledge base, JWT users, drift checked every half
+    second."""
+    config = merge(base_config(None, tmp_path / "data"), {**JWT_AUTH, "apps": APPS, **storage})
     config["drift"] = {
         "interval_seconds": 0.5,
         "min_recent": 20,
@@ -176,6 +185,9 @@ def test_knowledge_changes_since_the_last_run_show_everywhere_and_trigger_a_reru
     assert again.exit_code == 0 and "hr: no knowledge change since run facts-default-" in again.output
 
 
+# The embedding model makes this one slow: it runs on SQLite, and the store's part of it (`recent_questions`) is
+# covered on both databases by tests/test_traces_to_datasets.py.
+@pytest.mark.parametrize("storage", ["sqlite"], indirect=True)
 def test_questions_on_a_new_topic_are_detected_and_listed(project: Path, gateway: RunningGateway) -> None:
     if not minilm.available():
         require("the MiniLM model", minilm.INSTALL_HINT)
@@ -207,6 +219,56 @@ def test_questions_on_a_new_topic_are_detected_and_listed(project: Path, gateway
     assert same.exit_code == 0 and "decision: no drift" in same.output
     few = cli(project, "drift", "questions", "--app", "desk", "--min-recent", "100")
     assert few.exit_code == 0 and "no verdict" in few.output and "24 recent questions, need at least 100" in few.output
+
+
+async def test_drift_is_what_changed_after_the_newest_finished_run(storage: dict[str, Any], tmp_path: Path) -> None:
+    apps = {"hr": {"knowledge_bases": ["handbook", "extra"]}}
+    raw = merge(base_config(None, tmp_path / "data"), {"rag": {"embeddings": "none"}, "apps": apps, **storage})
+    settings = Settings.model_validate(raw)
+    corpus, extra = write_corpus(tmp_path / "corpus"), write_corpus(tmp_path / "extra", {"notes/a.md": NOTE})
+    store = await open_store(settings.database_url)
+    try:
+        kbs = KnowledgeBases(KnowledgeStore(store.engine), settings.rag)
+        runs = OuterRunsStore(store.engine)
+
+        async def ingest(name: str, folder: Path) -> None:
+            if await kbs.store.get(name) is None:
+                await kbs.create(name)
+            await kbs.ingest(name, scan_source(folder), source=str(folder))
+
+        await ingest("handbook", corpus)
+        never = await knowledge_drift(store, settings, "hr")
+        assert never.run_id is None and never.counts["added"] == 4  # never evaluated: all of it is new
+        await runs.start_run("old", target="app/hr", dataset="d", dataset_version="1", variant="v",
+                             kbs=["handbook", "extra"], now=10.0)  # fmt: skip
+        await runs.finish_run("old", now=20.0)
+        assert not (await knowledge_drift(store, settings, "hr")).drifted
+        await runs.start_run("unfinished", target="app/hr", dataset="d", dataset_version="1", variant="v",
+                             kbs=["handbook", "extra"], now=30.0)  # fmt: skip
+
+        leave = corpus / "handbook" / "leave.md"
+        leave.write_text(leave.read_text().replace("25 days", "30 days"))
+        (corpus / "handbook" / "expenses.md").unlink()
+        await ingest("handbook", corpus)
+        await ingest("extra", extra)  # created after the run, which recorded it with no history
+        drift = await knowledge_drift(store, settings, "hr")
+        assert drift.run_id == "old" and drift.run_finished_at == 20.0 and drift.new_kbs == ()
+        assert [(d.kb, d.doc_id, d.change, d.version) for d in drift.documents] == [
+            ("extra", "notes/a.md", "added", 1), ("handbook", "handbook/leave.md", "changed", 2),
+            ("handbook", "handbook/expenses.md", "retired", 1),
+        ]  # fmt: skip
+
+        await runs.finish_run("unfinished", now=40.0)  # the newest finished run evaluated none of those changes
+        since_unfinished = await knowledge_drift(store, settings, "hr")
+        assert since_unfinished.run_id == "unfinished" and since_unfinished.total == 3
+        await runs.start_run("now", target="app/hr", dataset="d", dataset_version="1", variant="v",
+                             kbs=["handbook", "extra"], now=50.0)  # fmt: skip
+        await runs.finish_run("now", now=60.0)
+        latest = await knowledge_drift(store, settings, "hr")
+        assert latest.run_id == "now" and not latest.drifted
+        assert (await runs.get_run("now")).knowledge == await runs.knowledge_state(["handbook", "extra"])
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize(

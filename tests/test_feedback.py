@@ -1,16 +1,20 @@
-"""Feedback over HTTP: people rate the answers they received — only their own, each event once, durably — and
-everything malformed gets a clear 4xx in OpenAI's shape. The browser snippet is run in Node against the gateway."""
+"""Feedback over HTTP: people rate the answers they received — only their own, each event once, durably, on SQLite
+and PostgreSQL — and everything malformed gets a clear 4xx in OpenAI's shape. The browser snippet is run in Node
+against the gateway, and in Chromium from a page on another origin (CORS)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,9 @@ import pytest
 import yaml
 
 from conftest import ADMIN_KEY, RunningGateway, require
+from gengate.errors import ConfigError
 from gengate.outer.feedback import owns
-from gengate.settings import FeedbackSettings, Settings
+from gengate.settings import FeedbackSettings, Settings, load_settings
 from gengate.store.db import open_store
 from gengate.store.feedback import FeedbackStore, ResponseRef, VariantStats
 from gengate.types import Principal
@@ -48,11 +53,12 @@ def ask(gw: RunningGateway, credential: str, app: str = "support", question: str
     return str(resp.json()["id"])
 
 
-def send(gw: RunningGateway, credential: str, body: Any) -> httpx.Response:
+def send(gw: RunningGateway, credential: str, body: Any, origin: str | None = None) -> httpx.Response:
+    headers = {**auth(credential), **({"origin": origin} if origin is not None else {})}
     with httpx.Client(base_url=gw.url, timeout=30) as client:
         if isinstance(body, bytes):
-            return client.post("/v1/feedback", content=body, headers=auth(credential))
-        return client.post("/v1/feedback", json=body, headers=auth(credential))
+            return client.post("/v1/feedback", content=body, headers=headers)
+        return client.post("/v1/feedback", json=body, headers=headers)
 
 
 def event(response_id: str, kind: str = "thumbs", value: Any = "up", **extra: Any) -> dict[str, Any]:
@@ -71,17 +77,23 @@ def fb(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     return make_gateway({**JWT_AUTH, **APPS})
 
 
+@pytest.fixture
+def fb_db(storage: dict[str, Any], make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    """The same gateway on SQLite and on PostgreSQL, for what the database decides (uniqueness, latest wins)."""
+    return make_gateway({**JWT_AUTH, **APPS, **storage})
+
+
 # -- capture ---------------------------------------------------------------------------------------------------
 
 
-def test_thumbs_on_a_chat_answer_is_stored_with_the_answers_app_and_team(fb: RunningGateway, sdk) -> None:
-    key = fb.create_key("team-a")
-    answer = sdk(fb, key).chat.completions.create(model="app/support", messages=[{"role": "user", "content": "hi"}])
+def test_thumbs_on_a_chat_answer_is_stored_with_the_answers_app_and_team(fb_db: RunningGateway, sdk) -> None:
+    key = fb_db.create_key("team-a")
+    answer = sdk(fb_db, key).chat.completions.create(model="app/support", messages=[{"role": "user", "content": "hi"}])
     assert answer.id.startswith("chatcmpl-")
-    resp = send(fb, key, event(answer.id, value="up", event_id="e-1"))
+    resp = send(fb_db, key, event(answer.id, value="up", event_id="e-1"))
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"object": "feedback.event", "response_id": answer.id, "event_id": "e-1", "duplicate": False}
-    [row] = stored(fb, answer.id.removeprefix("chatcmpl-"))
+    [row] = stored(fb_db, answer.id.removeprefix("chatcmpl-"))
     assert (row["kind"], row["value"], row["app"], row["team"]) == ("thumbs", 1.0, "support", "team-a")
     assert row["subject"].startswith("key:")
 
@@ -100,29 +112,49 @@ def test_every_kind_is_accepted_on_a_bare_request_id(fb: RunningGateway, kind: s
     assert (row["kind"], row["value"]) == (kind, kept)
 
 
-def test_repeated_event_id_is_acknowledged_as_a_duplicate_and_stored_once(fb: RunningGateway) -> None:
-    key = fb.create_key("team-a")
-    request_id = ask(fb, key)
+def test_repeated_event_id_is_acknowledged_as_a_duplicate_and_stored_once(fb_db: RunningGateway) -> None:
+    key = fb_db.create_key("team-a")
+    request_id = ask(fb_db, key)
     body = event(request_id, event_id="same-id")
-    first, second, third = (send(fb, key, body) for _ in range(3))
+    first, second, third = (send(fb_db, key, body) for _ in range(3))
     assert [r.json()["duplicate"] for r in (first, second, third)] == [False, True, True]
-    assert len(stored(fb, request_id)) == 1
+    assert len(stored(fb_db, request_id)) == 1
 
 
-def test_concurrent_retries_of_one_event_store_it_exactly_once(fb: RunningGateway) -> None:
-    key = fb.create_key("team-a")
-    request_id = ask(fb, key)
+def test_concurrent_retries_of_one_event_store_it_exactly_once(fb_db: RunningGateway) -> None:
+    key = fb_db.create_key("team-a")
+    request_id = ask(fb_db, key)
     body = event(request_id, event_id="racing")
 
     async def fire() -> list[bool]:
-        async with httpx.AsyncClient(base_url=fb.url, headers=auth(key), timeout=30) as client:
+        async with httpx.AsyncClient(base_url=fb_db.url, headers=auth(key), timeout=30) as client:
             answers = await asyncio.gather(*(client.post("/v1/feedback", json=body) for _ in range(20)))
         assert all(a.status_code == 200 for a in answers)
         return [a.json()["duplicate"] for a in answers]
 
     duplicates = asyncio.run(fire())
     assert duplicates.count(False) == 1
-    assert len(stored(fb, request_id)) == 1
+    assert len(stored(fb_db, request_id)) == 1
+
+
+def test_one_event_raced_through_two_gateways_on_one_database_is_stored_once(storage, make_gateway) -> None:
+    first, second = (make_gateway({**JWT_AUTH, **APPS, **storage}) for _ in range(2))
+    key = first.create_key("team-a")
+    request_id = ask(first, key)
+    first.run(first.gateway.traces.flush())  # written, so that the other gateway finds the answer too
+    body = event(request_id, "score", 4, event_id="two-doors")
+
+    async def fire() -> list[bool]:
+        async with httpx.AsyncClient(headers=auth(key), timeout=30) as client:
+            answers = await asyncio.gather(
+                *(client.post(f"{gw.url}/v1/feedback", json=body) for _ in range(10) for gw in (first, second))
+            )
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        return [a.json()["duplicate"] for a in answers]
+
+    assert asyncio.run(fire()).count(False) == 1
+    [row] = stored(second, request_id)
+    assert (row["event_id"], row["value"]) == ("two-doors", 4.0)
 
 
 def test_feedback_on_an_answer_still_in_the_trace_queue_is_accepted(make_gateway) -> None:
@@ -182,14 +214,14 @@ def test_answers_older_than_accept_days_are_refused(make_gateway) -> None:
     assert stored(gw, "old-answer") == []
 
 
-def test_latest_thumbs_of_a_person_wins_in_aggregates(fb: RunningGateway) -> None:
-    key = fb.create_key("team-a")
-    changed, kept = ask(fb, key), ask(fb, key)
+def test_latest_thumbs_of_a_person_wins_in_aggregates(fb_db: RunningGateway) -> None:
+    key = fb_db.create_key("team-a")
+    changed, kept = ask(fb_db, key), ask(fb_db, key)
     for body in (event(changed, value="up"), event(changed, value="down"), event(kept, value="up")):
-        assert send(fb, key, body).status_code == 200
-    [summary] = fb.run(fb.gateway.feedback.store.summary(app="support"))
+        assert send(fb_db, key, body).status_code == 200
+    [summary] = fb_db.run(fb_db.gateway.feedback.store.summary(app="support"))
     assert (summary.responses, summary.thumbs_up, summary.thumbs_down) == (2, 1, 1)
-    assert len(stored(fb, changed)) == 2  # both events are kept; only the aggregate takes the latest
+    assert len(stored(fb_db, changed)) == 2  # both events are kept; only the aggregate takes the latest
 
 
 @pytest.mark.parametrize(
@@ -208,11 +240,11 @@ def test_comment_is_kept_as_the_apps_payload_setting_says(fb: RunningGateway, ap
     assert stored(fb, request_id)[0]["comment"] == kept
 
 
-def test_batch_answers_each_event_with_its_own_status(fb: RunningGateway) -> None:
-    key = fb.create_key("team-a")
-    own = ask(fb, key)
-    foreign = ask(fb, fb.create_key("team-b"))
-    send(fb, key, event(own, "copy", None, event_id="sent-before"))
+def test_batch_answers_each_event_with_its_own_status(fb_db: RunningGateway) -> None:
+    key = fb_db.create_key("team-a")
+    own = ask(fb_db, key)
+    foreign = ask(fb_db, fb_db.create_key("team-b"))
+    send(fb_db, key, event(own, "copy", None, event_id="sent-before"))
     batch = {
         "events": [
             event(own, value="up", event_id="a"),
@@ -222,15 +254,15 @@ def test_batch_answers_each_event_with_its_own_status(fb: RunningGateway) -> Non
             {"response_id": own, "kind": "share"},
         ]
     }
-    resp = send(fb, key, batch)
+    resp = send(fb_db, key, batch)
     assert resp.status_code == 200, resp.text
     data = resp.json()["data"]
     assert [d["status"] for d in data] == [200, 400, 404, 200, 400]
     assert [d.get("duplicate") for d in data] == [False, None, None, True, None]
     assert data[1]["error"]["param"] == "kind" and data[4]["error"]["param"] == "event_id"
     assert data[2]["event_id"] == "c" and data[4]["event_id"] is None
-    assert sorted(r["event_id"] for r in stored(fb, own)) == ["a", "sent-before"]
-    assert stored(fb, foreign) == []
+    assert sorted(r["event_id"] for r in stored(fb_db, own)) == ["a", "sent-before"]
+    assert stored(fb_db, foreign) == []
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------
@@ -261,6 +293,9 @@ BAD = [
     ({"events": "all"}, 400, "events"),
     ({"events": [{"kind": "copy"}] * 101}, 400, "events"),
     ({"events": [], "response_id": "r"}, 400, "events"),
+    ({"response_id": "r\u0000", "event_id": "x", "kind": "copy"}, 400, "response_id"),  # PostgreSQL stores no NUL
+    ({"response_id": "r", "event_id": "x\u0000", "kind": "copy"}, 400, "event_id"),
+    ({"response_id": "r", "event_id": "x", "kind": "copy", "comment": "a\u0000b"}, 400, "comment"),
     ({"response_id": "chatcmpl-" + "f" * 32, "event_id": "x", "kind": "copy"}, 404, "response_id"),
     ({"response_id": "../../etc/passwd", "event_id": "x", "kind": "copy"}, 404, "response_id"),
 ]
@@ -310,13 +345,6 @@ def test_flood_is_refused_with_429_and_retry_after(make_gateway, counters: dict[
 
 
 # -- durability --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def storage(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "sqlite":
-        return {}
-    return {"storage": {"url": request.getfixturevalue("pg_url")}}
 
 
 def test_every_acknowledged_event_survives_a_restart_mid_flood(storage: dict[str, Any], make_gateway) -> None:
@@ -488,6 +516,179 @@ def test_snippet_batches_retries_with_the_same_ids_and_reports_copies(fb: Runnin
     assert mine == [("copy", None, None), ("thumbs", 1.0, "Exactly what I needed")]
     assert [(r["kind"], r["value"]) for r in stored(fb, other)] == [("thumbs", 0.0)]
     assert stored(fb, foreign) == []
+
+
+# -- pages on other origins (CORS) ---------------------------------------------------------------------------------
+
+INTRANET = "https://intranet.example.com"
+
+
+def preflight(gw: RunningGateway, origin: str | None) -> httpx.Response:
+    """What a browser sends before the snippet's POST from another origin."""
+    headers = {"access-control-request-method": "POST", "access-control-request-headers": "authorization,content-type"}
+    if origin is not None:
+        headers["origin"] = origin
+    return httpx.options(f"{gw.url}/v1/feedback", headers=headers, timeout=30)
+
+
+@pytest.fixture
+def cors(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    return make_gateway(
+        {**APPS, "feedback": {"cors_origins": [INTRANET, "http://LOCALHOST:3000"], "rate_per_minute": 2}}
+    )
+
+
+def test_without_cors_origins_no_cors_header_is_sent(fb: RunningGateway) -> None:
+    key = fb.create_key("team-a")
+    resp = send(fb, key, event(ask(fb, key)), origin=INTRANET)
+    assert resp.status_code == 200, resp.text  # CORS is no access control: the token is
+    assert not [h for h in resp.headers if h.startswith("access-control-")]
+    refused = preflight(fb, INTRANET)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
+    assert not [h for h in refused.headers if h.startswith("access-control-")]
+
+
+def test_preflight_from_a_configured_origin_allows_the_snippets_post(cors: RunningGateway) -> None:
+    for origin in (INTRANET, "http://localhost:3000"):  # configured as LOCALHOST: browsers send origins lowercased
+        resp = preflight(cors, origin)
+        assert resp.status_code == 204, resp.text
+        assert resp.headers["access-control-allow-origin"] == origin
+        assert resp.headers["access-control-allow-methods"] == "POST"
+        allowed = {h.strip() for h in resp.headers["access-control-allow-headers"].split(",")}
+        assert allowed == {"authorization", "content-type"}
+        assert int(resp.headers["access-control-max-age"]) >= 600
+        assert resp.headers["vary"].lower() == "origin"
+        assert "access-control-allow-credentials" not in resp.headers
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["https://evil.example", "https://intranet.example.com.evil.example", "http://intranet.example.com",
+     "https://intranet.example.com:8443", "null", "*"],
+)  # fmt: skip
+def test_preflight_from_any_other_origin_gets_no_cors_headers(cors: RunningGateway, origin: str) -> None:
+    resp = preflight(cors, origin)
+    assert resp.status_code == 403
+    assert resp.json()["error"]["code"] == "origin_not_allowed"
+    assert "access-control-allow-origin" not in resp.headers
+
+
+def test_options_without_an_origin_just_lists_the_methods(cors: RunningGateway) -> None:
+    resp = preflight(cors, None)
+    assert resp.status_code == 204 and resp.headers["allow"] == "OPTIONS, POST"
+    assert "access-control-allow-origin" not in resp.headers
+
+
+def test_every_answer_to_a_configured_origin_carries_it_errors_included(cors: RunningGateway) -> None:
+    key = cors.create_key("team-a")
+    request_id = ask(cors, key)
+    answers = {
+        200: send(cors, key, event(request_id), origin=INTRANET),
+        401: httpx.post(f"{cors.url}/v1/feedback", json=event(request_id), headers={"origin": INTRANET}),
+        404: send(cors, key, event("no-such-answer"), origin=INTRANET),
+        429: send(cors, key, event(request_id), origin=INTRANET),  # rate_per_minute is 2
+    }
+    for status, resp in answers.items():
+        assert resp.status_code == status, resp.text
+        assert resp.headers["access-control-allow-origin"] == INTRANET
+        assert {h.strip() for h in resp.headers["access-control-expose-headers"].split(",")} >= {"retry-after"}
+        assert resp.headers["vary"].lower() == "origin"
+        assert "access-control-allow-credentials" not in resp.headers
+    other = cors.create_key("team-a")
+    elsewhere = send(cors, other, event(ask(cors, other)), origin="https://evil.example")
+    assert elsewhere.status_code == 200 and "access-control-allow-origin" not in elsewhere.headers
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["*", "https://*.example.com", "https://intranet.example.com/", "https://intranet.example.com/app",
+     "intranet.example.com", "null", "ftp://intranet.example.com", "https://intranet.example.com\n"],
+)  # fmt: skip
+def test_cors_origins_must_be_exact_origins(origin: str, tmp_path: Path) -> None:
+    path = tmp_path / "gengate.yaml"
+    path.write_text(yaml.safe_dump({"feedback": {"cors_origins": [origin]}}))
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert "feedback.cors_origins" in err.value.message
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Debian's headless Chromium through Playwright (never `playwright install`)."""
+    executable = os.environ.get("GENGATE_CHROMIUM", "/usr/bin/chromium")
+    if not os.path.exists(executable):
+        require("Chromium", f"{executable} is missing (apt-get install chromium; .ci/run installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require("Playwright", "pip install -e '.[dev]'")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def web_pages() -> Iterator[tuple[int, dict[str, str]]]:
+    """A plain HTTP server on loopback serving the HTML in the returned dict by path (another origin)."""
+    pages: dict[str, str] = {}
+
+    class Pages(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path, "").encode()
+            self.send_response(200 if body else 404)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1]), pages
+    server.shutdown()
+    server.server_close()
+
+
+def test_snippet_on_a_page_of_a_configured_origin_sends_feedback_in_a_real_browser(
+    make_gateway: Callable[..., RunningGateway], chromium: Any, web_pages: tuple[int, dict[str, str]]
+) -> None:
+    port, pages = web_pages
+    intranet = f"http://localhost:{port}"  # the gateway is http://127.0.0.1:<its port>: another origin
+    gw = make_gateway({**APPS, "feedback": {"cors_origins": [intranet]}})
+    key = gw.create_key("team-a")
+    request_id = ask(gw, key)
+    pages["/"] = (
+        f'<!doctype html><script src="{gw.url}/v1/feedback.js"></script><script>'
+        f'gengate.feedback.init({{endpoint: "{gw.url}/v1/feedback", token: {json.dumps(key)}, delayMs: 5}});'
+        f"gengate.feedback.thumbs({json.dumps(request_id)}, true, 'from the intranet')"
+        ".then((r) => { window.outcome = r; }, (e) => { window.outcome = {error: String(e.status || e)}; });"
+        "</script>"
+    )
+    body = json.dumps(event(request_id, "copy", None))
+    pages["/elsewhere"] = (
+        f'<!doctype html><script>fetch("{gw.url}/v1/feedback", {{method: "POST", body: {json.dumps(body)}, '
+        f'headers: {{"content-type": "application/json", authorization: "Bearer {key}"}}}})'
+        '.then((r) => { window.outcome = r.status; }, () => { window.outcome = "blocked"; });</script>'
+    )
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{intranet}/")
+        page.wait_for_function("window.outcome !== undefined", timeout=20_000)
+        outcome = page.evaluate("window.outcome")
+        assert outcome.get("status") == 200 and outcome["duplicate"] is False, outcome
+        other = context.new_page()
+        other.goto(f"http://127.0.0.1:{port}/elsewhere")  # the same page server, an origin not configured
+        other.wait_for_function("window.outcome !== undefined", timeout=20_000)
+        assert other.evaluate("window.outcome") == "blocked"
+    finally:
+        context.close()
+    [row] = stored(gw, request_id)  # the refused preflight kept the browser from sending the copy event
+    assert (row["kind"], row["value"], row["comment"]) == ("thumbs", 1.0, "from the intranet")
 
 
 # -- pure parts --------------------------------------------------------------------------------------------------

@@ -113,3 +113,23 @@ def test_opentelemetry_export_uses_genai_conventions(make_gateway) -> None:
             assert needle in payload
     finally:
         collector.stop()
+
+
+def test_a_reused_request_id_never_stops_the_request_log(gateway) -> None:
+    # A client may send the same x-request-id twice; the store refuses the second record (its primary key), and
+    # that one record — not the whole batch, forever — is dropped and counted.
+    key = gateway.create_key("team-a")
+    headers = {"authorization": f"Bearer {key}", "x-request-id": "reused-id-1"}
+    for _ in range(2):
+        resp = httpx.post(f"{gateway.base_url}/chat/completions", json={"model": "offline", "messages": MSG},
+                          headers=headers)  # fmt: skip
+        assert resp.status_code == 200
+        time.sleep(0.3)  # separate batches
+    after = httpx.post(f"{gateway.base_url}/chat/completions", json={"model": "offline", "messages": MSG},
+                       headers={"authorization": f"Bearer {key}"}).headers["x-request-id"]  # fmt: skip
+    time.sleep(0.3)
+    with gateway.admin() as admin:
+        assert admin.get("/admin/requests/reused-id-1").status_code == 200
+        assert admin.get(f"/admin/requests/{after}").status_code == 200  # the log kept going
+    text = httpx.get(f"{gateway.url}/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}).text
+    assert "gengate_log_dropped_total 1.0" in text

@@ -1,7 +1,7 @@
 """Traces to datasets, as a team triages what users disliked: real answers from a gateway over HTTP (questions with
 personal data, apps keeping full, redacted or no payloads), thumbs on some of them, then `gengate dataset
 from-traces` — redacted whatever the app kept, the production answer kept apart from any reference, identities
-kept for access control — and the dataset runs through `gengate eval run`."""
+kept for access control — and the dataset runs through `gengate eval run`; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,8 +19,12 @@ import yaml
 from click.testing import CliRunner, Result
 
 from conftest import RunningGateway, base_config, merge
+from dashboard_helpers import finding_row
 from gengate.cli.main import main
 from gengate.settings import load_settings
+from gengate.store.db import open_store
+from gengate.store.feedback import FeedbackStore
+from gengate.store.outer_runs import OuterRunsStore, TraceQuery
 from gengate.store.schema import responses
 from rag_corpus import JWT_AUTH, load_kb, token, write_corpus
 
@@ -44,9 +48,10 @@ QUESTIONS = {
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[tuple[Path, RunningGateway]]:
-    """A config file and a gateway serving it: a handbook knowledge base, JWT users, three payload modes."""
-    config = merge(base_config(None, tmp_path / "data"), {**JWT_AUTH, "apps": APPS, "guard": GUARD})
+def project(storage: dict[str, Any], tmp_path: Path) -> Iterator[tuple[Path, RunningGateway]]:
+    """A config file and a gateway serving it, on SQLite or PostgreSQL: a handbook knowledge base, JWT users, three
+    payload modes."""
+    config = merge(base_config(None, tmp_path / "data"), {**JWT_AUTH, "apps": APPS, "guard": GUARD, **storage})
     config["drift"] = {"enabled": False}
     path = tmp_path / "gengate.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -215,3 +220,55 @@ def test_filters_gold_ids_and_sampling(project: tuple[Path, RunningGateway]) -> 
     assert "sampled v2: 3 cases" in other.output
     diff = cli(config, "dataset", "diff", "sampled", "1", "2")
     assert diff.exit_code == 0 and "sampled v1 → v2" in diff.output
+
+
+def answer(request_id: str, ts: float, app: str = "hr", outcome: str = "answered", findings: int = 0) -> dict[str, Any]:
+    return {
+        "request_id": request_id, "ts": ts, "app": app, "model": f"app/{app}", "subject": "bob", "team": "staff-team",
+        "key_id": None, "experiment": None, "variant": None, "outcome": outcome, "question": f"question {request_id}?",
+        "answer": "an answer", "payload": "full", "cost_usd": 0.0, "latency_ms": 1.0, "findings": findings,
+        "sources": "[]",
+    }  # fmt: skip
+
+
+def thumbs_row(request_id: str, event_id: str, ts: float, value: float, comment: str | None = None) -> dict[str, Any]:
+    return {"request_id": request_id, "event_id": event_id, "ts": ts, "subject": "bob", "team": "staff-team",
+            "app": "hr", "experiment": None, "variant": None, "kind": "thumbs", "value": value,
+            "comment": comment}  # fmt: skip
+
+
+async def test_selection_reads_the_latest_thumbs_and_the_time_window_in_sql(database_url: str) -> None:
+    t = 1_700_000_000.0
+    store = await open_store(database_url)
+    try:
+        await store.write_requests(
+            [], [finding_row("r4", ts=t + 40, label=label) for label in ("pii.phone", "pii.email")],
+            [answer("r1", t + 10), answer("r2", t + 20), answer("r3", t + 30), answer("r4", t + 40, findings=2),
+             answer("r5", t + 50, outcome="no_answer"), answer("elsewhere", t + 45, app="desk")],
+        )  # fmt: skip
+        feedback = FeedbackStore(store.engine)
+        await feedback.add_events([thumbs_row("r1", "1", t + 11, 1.0), thumbs_row("r1", "2", t + 12, 0.0, "wrong")])
+        await feedback.add_events([thumbs_row("r2", "3", t + 21, 0.0)])
+        await feedback.add_events([thumbs_row("r2", "4", t + 21, 1.0)])  # the same instant: the later event wins
+        await feedback.add_events([{**thumbs_row("r3", "5", t + 31, 1.0), "kind": "copy", "value": None}])
+        runs = OuterRunsStore(store.engine)
+
+        async def ids(**query: Any) -> list[str]:
+            return [trace.request_id for trace in await runs.traces(TraceQuery(app="hr", **query))]
+
+        assert await ids() == ["r5", "r4", "r3", "r2", "r1"]  # newest first, only the app's
+        assert await ids(feedback="down") == ["r1"]
+        assert await ids(feedback="up") == ["r2"]
+        assert await ids(feedback="none") == ["r5", "r4", "r3"]  # a copy is no thumbs
+        assert await ids(since=t + 20) == ["r5", "r4", "r3", "r2"]  # since is inclusive
+        assert await ids(until=t + 40) == ["r3", "r2", "r1"]  # until is exclusive
+        assert await ids(since=t + 20, until=t + 40, feedback="any") == ["r3", "r2"]
+        assert await ids(with_findings=True) == ["r4"]
+        assert await ids(outcome="no_answer") == ["r5"]
+        assert [x.request_id for x in await runs.traces(TraceQuery(app="hr"), max_rows=2)] == ["r5", "r4"]
+        by_id = {x.request_id: x for x in await runs.traces(TraceQuery(app="hr"))}
+        assert (by_id["r1"].thumbs, by_id["r1"].comment, by_id["r2"].thumbs) == (0.0, "wrong", 1.0)
+        assert by_id["r4"].finding_labels == ("pii.phone", "pii.email")  # in the order they were found
+        assert await runs.recent_questions("hr", since=t + 40) == ["question r5?", "question r4?"]
+    finally:
+        await store.close()

@@ -355,6 +355,9 @@ class AppSettings(_Model):
         return tools
 
 
+_ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+
+
 class FeedbackSettings(_Model):
     """`POST /v1/feedback` and the browser snippet."""
 
@@ -364,6 +367,16 @@ class FeedbackSettings(_Model):
     snippet: bool = True  # serve /v1/feedback.js
     score_min: float = 1  # the range a `score` event's value must fall in
     score_max: float = 5
+    # Pages on these origins may POST /v1/feedback from the browser (CORS); none by default.
+    cors_origins: list[str] = []
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] exactly (no '*', no path)")
+        return [origin.lower() for origin in v]
 
     @model_validator(mode="after")
     def _score_range(self) -> FeedbackSettings:

@@ -121,6 +121,7 @@ def create_app(settings: Settings, *, holder: GatewayHolder | None = None) -> Re
         Route("/v1/guard/scan", guard_routes.guard_scan, methods=["POST"]),
         Route("/v1/apps/{name}/ask", app_routes.ask, methods=["POST"]),
         Route("/v1/feedback", feedback_routes.post_feedback, methods=["POST"]),
+        Route("/v1/feedback", feedback_routes.feedback_preflight, methods=["OPTIONS"]),
         Route("/v1/feedback.js", feedback_routes.feedback_js, methods=["GET"]),
         Route("/healthz", _health, methods=["GET"]),
     ]

@@ -1,9 +1,15 @@
-"""`POST /v1/feedback` (one event, or `{"events": [...]}`) and `GET /v1/feedback.js` (the browser snippet).
+"""`POST /v1/feedback` (one event, or `{"events": [...]}`), its CORS preflight, and `GET /v1/feedback.js` (the
+browser snippet).
 
 Feedback is authenticated exactly like chat completions (virtual key or JWT) and is always the caller's own. One
 event answers 200 with `duplicate` (a retried event id is stored once), or an error in OpenAI's shape. A batch
 answers 200 with one result per event, each with its own status, unless the rate limit refused every event
 (then 429 with `Retry-After`, like a single event).
+
+CORS: only for the exact origins in `feedback.cors_origins` (none by default), whose `Origin` is echoed — never
+`*`, and never with credentials: the snippet sends its token in the `Authorization` header, not in cookies.
+Every answer to such an origin carries the headers, errors included, so the snippet can read the status and
+`Retry-After`.
 """
 
 from __future__ import annotations
@@ -19,11 +25,17 @@ from gengate.app.errors import error_response, json_response
 from gengate.app.gateway import Gateway
 from gengate.app.openai_routes import Call
 from gengate.app.requests import parse_object
-from gengate.errors import GengateError, NotFound, RateLimited
+from gengate.errors import GengateError, NotFound, PermissionDenied, RateLimited
 from gengate.outer.feedback import Accepted, FeedbackService, parse_events
 
 SNIPPET = "static/feedback.js"
 SNIPPET_CACHE = "public, max-age=3600"
+CORS_PREFLIGHT = {
+    "access-control-allow-methods": "POST",
+    "access-control-allow-headers": "authorization, content-type",
+    "access-control-max-age": "3600",  # browsers cap it lower (Chromium: 2 hours)
+}
+CORS_EXPOSE = "retry-after, x-request-id"
 
 
 def _service(gateway: Gateway) -> FeedbackService:
@@ -45,8 +57,44 @@ def _item(index: int, raw: Any, result: Accepted | GengateError) -> dict[str, An
             **result.to_body()}  # fmt: skip
 
 
+def _allowed_origin(request: Request) -> tuple[bool, str | None]:
+    """(CORS is configured, the request's `Origin` when it is one of `feedback.cors_origins`)."""
+    gateway: Gateway = request.app.state.gateway
+    origins = gateway.settings.feedback.cors_origins
+    origin = request.headers.get("origin")
+    return bool(origins), origin if origin is not None and origin in origins else None
+
+
 async def post_feedback(request: Request) -> Response:
-    """POST /v1/feedback."""
+    """POST /v1/feedback (with the CORS headers for a configured origin)."""
+    response = await _post_feedback(request)
+    configured, origin = _allowed_origin(request)
+    if configured:
+        response.headers.add_vary_header("origin")
+    if origin is not None:
+        response.headers["access-control-allow-origin"] = origin
+        response.headers["access-control-expose-headers"] = CORS_EXPOSE
+    return response
+
+
+async def feedback_preflight(request: Request) -> Response:
+    """OPTIONS /v1/feedback: the CORS preflight, allowed for `feedback.cors_origins` only."""
+    configured, origin = _allowed_origin(request)
+    if "origin" not in request.headers:
+        return Response(status_code=204, headers={"allow": "OPTIONS, POST"})  # not CORS: plain OPTIONS
+    if origin is None:
+        response = error_response(
+            PermissionDenied("this origin may not send feedback from a browser (feedback.cors_origins)",
+                             code="origin_not_allowed")
+        )  # fmt: skip
+    else:
+        response = Response(status_code=204, headers={"access-control-allow-origin": origin, **CORS_PREFLIGHT})
+    if configured:
+        response.headers.add_vary_header("origin")
+    return response
+
+
+async def _post_feedback(request: Request) -> Response:
     call = Call.begin(request, "feedback")
     try:
         principal = await call.authenticate(request)

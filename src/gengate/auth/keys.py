@@ -56,6 +56,13 @@ class KeySpec:
         """Raise RequestError naming the bad field."""
         if not self.team or not self.team.strip():
             raise RequestError("team is required", param="team")
+        for field in ("team", "user", "name"):  # the columns' width: a longer value is refused, not cut
+            text = getattr(self, field)
+            if text is not None and (len(text) > 200 or "\x00" in text):
+                raise RequestError(f"{field} must be at most 200 characters, without NUL", param=field)
+        for model in self.models or ():
+            if not model or len(model) > 200:
+                raise RequestError("each model pattern must be 1 to 200 characters", param="models")
         if self.expires_in_seconds is not None and self.expires_in_seconds <= 0:
             raise RequestError("expires_in_seconds must be positive", param="expires_in_seconds")
         for field in ("rpm", "tpm", "budget_usd"):

@@ -23,13 +23,15 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gengate.app.gateway import Gateway
 from gengate.errors import AuthenticationError, PermissionDenied
+from gengate.store.schema import ui_sessions
 from gengate.store.ui_sessions import UiSession, UiSessionStore
 from gengate.types import Principal
 
@@ -117,6 +119,10 @@ async def sign_in(gateway: Gateway, plane: Plane, credential: str) -> tuple[str,
     principal, record = await gateway.authenticate(f"Bearer {credential}")
     if principal.is_admin and not plane.admins:
         raise PermissionDenied("admin sign-in is served on the admin port's dashboard")
+    for name, value in (("subject", principal.subject), ("team", principal.team)):
+        # Refused, never cut to fit: a session scopes every page to its team (and PostgreSQL stores no NUL).
+        if len(value) > (cast(sa.String, ui_sessions.c[name].type).length or 0) or "\x00" in value:
+            raise AuthenticationError(f"the token's {name} is too long or not text: it cannot open a dashboard session")
     now = time.time()
     expires = _expiry(principal, plane, now)
     if record is not None and record.expires_at is not None:

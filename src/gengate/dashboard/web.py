@@ -118,6 +118,10 @@ def guarded(plane: Plane, handler: Handler, *, admin_only: bool = False) -> Call
             shell = shell_for(plane, viewer)
             if admin_only and not viewer.admin:
                 raise PermissionDenied("this page is for admins")
+            for name, value in request.path_params.items():
+                # Path segments reach queries as they are; PostgreSQL refuses NUL in text (SQLite does not).
+                if isinstance(value, str) and not _PRINTABLE.match(value):
+                    raise RequestError(f"{name} must be printable text", param=name)
             form: dict[str, str] = {}
             if request.method == "POST":
                 form = await read_form(request)

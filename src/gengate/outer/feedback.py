@@ -83,6 +83,10 @@ def parse_event(raw: Any, settings: FeedbackSettings) -> FeedbackEvent:
             f"event_id is required: a client-generated id of 1 to {MAX_EVENT_ID} characters (a retry reuses it)",
             param="event_id",
         )
+    for name in ("response_id", "event_id", "comment"):
+        # PostgreSQL cannot store NUL in text (SQLite can): refuse it here, the same on both.
+        if isinstance(raw.get(name), str) and "\x00" in raw[name]:
+            raise RequestError(f"{name} must not contain NUL characters", param=name)
     kind = raw.get("kind")
     if kind not in KINDS:
         raise RequestError(f"kind must be one of {', '.join(KINDS)}", param="kind")

@@ -19,7 +19,16 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gengate.errors import ConfigError
-from gengate.store.schema import MIGRATIONS, api_keys, guard_findings, metadata, requests, responses, schema_version
+from gengate.store.schema import (
+    MIGRATIONS,
+    api_keys,
+    fit,
+    guard_findings,
+    metadata,
+    requests,
+    responses,
+    schema_version,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,15 +168,19 @@ class Store:
         self, rows: Sequence[dict[str, Any]], findings: Sequence[dict[str, Any]] = (),
         answers: Sequence[dict[str, Any]] = (),
     ) -> None:  # fmt: skip
-        """Insert a batch of trace records (with their guard findings and responses) in one transaction."""
+        """Insert a batch of trace records (with their guard findings and responses) in one transaction.
+
+        Text is fitted to the columns first (see `schema.fit`): the log keeps what a client sent (a model name, a
+        question), and on PostgreSQL one unstorable value would otherwise hold up every record queued after it.
+        """
         if rows or findings or answers:
             async with self.engine.begin() as conn:
                 if rows:
-                    await conn.execute(requests.insert(), list(rows))
+                    await conn.execute(requests.insert(), fit(requests, rows))
                 if findings:
-                    await conn.execute(guard_findings.insert(), list(findings))
+                    await conn.execute(guard_findings.insert(), fit(guard_findings, findings))
                 if answers:
-                    await conn.execute(responses.insert(), list(answers))
+                    await conn.execute(responses.insert(), fit(responses, answers))
 
     async def findings_for(self, request_id: str) -> list[dict[str, Any]]:
         """Guard findings recorded for one request."""

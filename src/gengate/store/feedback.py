@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gengate.store.schema import feedback, guard_findings, requests, responses
+from gengate.store.schema import feedback, fit, guard_findings, requests, responses
 
 EventKey = tuple[str, str]  # (request_id, event_id): what makes an event unique
 
@@ -150,7 +150,11 @@ class FeedbackStore:
     # -- writing ------------------------------------------------------------------------------------------
 
     async def add_events(self, rows: Sequence[Mapping[str, Any]]) -> set[EventKey]:
-        """Insert events, skipping any whose (request_id, event_id) is stored already; return the inserted keys."""
+        """Insert events, skipping any whose (request_id, event_id) is stored already; return the inserted keys.
+
+        Text is fitted to the columns (a token's subject may be longer than the column): on PostgreSQL one event
+        that does not fit would otherwise fail the group commit of every caller's events it was batched with.
+        """
         if not rows:
             return set()
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
@@ -160,7 +164,7 @@ class FeedbackStore:
             .returning(feedback.c.request_id, feedback.c.event_id)
         )
         async with self.engine.begin() as conn:
-            result = await conn.execute(statement, [dict(r) for r in rows])
+            result = await conn.execute(statement, fit(feedback, rows))
             return {(r[0], r[1]) for r in result.all()}
 
     # -- reading ------------------------------------------------------------------------------------------

@@ -1,16 +1,19 @@
 """Tables and migrations. The same schema runs on SQLite and PostgreSQL.
 
-Owns: table definitions and the ordered migration list. Must not: hold connections or run queries itself.
+Owns: table definitions, the ordered migration list, and fitting values to the columns (`fit`). Must not: hold
+connections or run queries itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 metadata = sa.MetaData()
+
 
 api_keys = sa.Table(
     "api_keys",
@@ -341,6 +344,23 @@ _ui_indexes = (
     sa.Index("ix_guard_findings_team_ts", guard_findings.c.team, guard_findings.c.ts),
     sa.Index("ix_feedback_team_id", feedback.c.team, feedback.c.id),
 )
+
+
+def fit(table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows with their text made storable on both databases: NUL replaced by U+FFFD, strings cut to the column's
+    length. SQLite stores either as given; PostgreSQL refuses both, and one such row (a client's 300-character
+    model name, a question with a NUL) would fail the whole batch it is written in, again at every retry."""
+    limits = [(c.name, c.type.length) for c in table.columns if isinstance(c.type, sa.String)]
+    out: list[Mapping[str, Any]] = []
+    for row in rows:
+        fixed: dict[str, Any] | None = None
+        for name, length in limits:
+            value = row.get(name)
+            if isinstance(value, str) and ("\x00" in value or (length is not None and len(value) > length)):
+                fixed = dict(row) if fixed is None else fixed
+                fixed[name] = value.replace("\x00", "\ufffd")[:length]
+        out.append(row if fixed is None else fixed)
+    return out
 
 
 def _v1(conn: Connection) -> None:

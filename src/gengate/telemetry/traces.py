@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import sqlalchemy as sa
+
 from gengate.store.db import Store
 from gengate.telemetry.metrics import Metrics
 
@@ -51,6 +53,13 @@ class TraceRecord:
 
 
 _FIELDS = tuple(f.name for f in fields(TraceRecord) if f.name not in ("findings", "response"))
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure worth retrying (the database is unreachable or restarting), not one about a record's content."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError))
 
 
 def _row(record: TraceRecord) -> dict[str, Any]:
@@ -110,17 +119,38 @@ class TraceWriter:
                 )
                 self._writing = batch
                 try:
-                    await self._store.write_requests(
-                        [_row(r) for r in batch], [f for r in batch for f in r.findings],
-                        [response_row(r) for r in batch if r.response is not None],
-                    )  # fmt: skip
-                except Exception:
-                    # Put the batch back and let the next round retry; the database may be restarting.
-                    log.exception("writing %d trace records failed; will retry", len(batch))
-                    self._pending[:0] = batch
-                    raise
+                    await self._write(batch)
+                except Exception as exc:
+                    retry = batch if _transient(exc) else await self._write_one_by_one(batch)
+                    if retry:
+                        # Put the batch back and let the next round retry; the database may be restarting.
+                        log.warning("writing %d trace records failed (%s); will retry", len(retry), type(exc).__name__)
+                        self._pending[:0] = retry
+                        raise
                 finally:
                     self._writing = []
+
+    async def _write(self, batch: list[TraceRecord]) -> None:
+        await self._store.write_requests(
+            [_row(r) for r in batch], [f for r in batch for f in r.findings],
+            [response_row(r) for r in batch if r.response is not None],
+        )  # fmt: skip
+
+    async def _write_one_by_one(self, batch: list[TraceRecord]) -> list[TraceRecord]:
+        """After the database refused a batch for its content: write each record alone, drop (and count) the ones
+        it refuses — a duplicate request id from a client, say — so one bad record never stops the log. Returns
+        the records to retry (those that met a transient failure)."""
+        retry: list[TraceRecord] = []
+        for record in batch:
+            try:
+                await self._write([record])
+            except Exception as exc:
+                if _transient(exc):
+                    retry.append(record)
+                    continue
+                self._metrics.log_dropped.inc()
+                log.error("trace record %s refused by the database (%s); dropped", record.id, type(exc).__name__)
+        return retry
 
     def pending(self, request_id: str) -> TraceRecord | None:
         """A record still waiting to be written (a caller may ask about a request the writer holds)."""
