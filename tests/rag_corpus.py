@@ -73,7 +73,8 @@ The salary of Contoso executives will be harmonised after the acquisition.
 
 def token(sub: str, groups: list[str], team: str = "staff-team", secret: str = JWT_SECRET, **extra: Any) -> str:
     """A signed JWT for a caller with groups."""
-    claims = {"iss": ISSUER, "aud": "gengate", "exp": int(time.time()) + 600, "sub": sub, "groups": groups,
+    # Six hours: tokens minted when a test module is imported must outlive a slow full run.
+    claims = {"iss": ISSUER, "aud": "gengate", "exp": int(time.time()) + 6 * 3600, "sub": sub, "groups": groups,
               "team": team, **extra}  # fmt: skip
     return jwt.encode(claims, secret, algorithm="HS256")
 
