@@ -11,7 +11,10 @@ Texts are realistic and sized 1 KB / 8 KB: user prompts (self-instruct) interlea
 responses) for output. Output scans carry a system prompt and a canary, so the leak detector does its full work.
 Accuracy is read from bench/results/guard_injection.json and guard_pii.json (those benches run first if missing).
 
-    python bench/guard_eval.py [--data ../shared/datasets] [--texts 200] [--cpu N]
+    python bench/guard_eval.py [--data ../shared/datasets] [--texts 200] [--cpu N] [--injection-embeddings off]
+
+The injection rules run with the detector's default `embeddings: auto` (the MiniLM cascade when its package is
+installed); `--injection-embeddings off` measures the same pipeline with stage 1 alone.
 
 Prints a table and writes bench/results/guard_eval.json. Goal: input stage under 5 ms p95 for 1 KB on one core.
 """
@@ -156,13 +159,16 @@ def accuracy_headlines(results: dict[str, dict[str, Any] | None]) -> dict[str, f
     out: dict[str, float] = {}
     inj = results.get("injection")
     if inj:
+        mode = inj.get("default_mode", "stage1")
         for name, entry in inj.get("prompt_sets", {}).items():
-            out[f"injection {name}: recall@1%FPR"] = entry["recall_at_1pct_fpr"]
-            out[f"injection {name}: F1 at input threshold"] = entry["at_input_threshold"]["f1"]
+            out[f"injection {name}: stage-1 recall@1%FPR"] = entry["stage1_recall_at_1pct_fpr"]
+            out[f"injection {name}: recall at operating point ({mode})"] = entry["at_operating_point"]["recall"]
+        if "benign_pool_fpr" in inj:
+            out[f"injection benign pool: FPR at operating point ({mode})"] = inj["benign_pool_fpr"]
         for name, entry in inj.get("benign_sets", {}).items():
             out[f"injection benign {name}: FPR at input threshold"] = entry["fpr_input"]
         for position, entry in inj.get("bipia", {}).items():
-            out[f"injection bipia-{position}: recall at context threshold"] = entry["at_context_threshold"]["recall"]
+            out[f"injection bipia-{position}: recall at context threshold"] = entry["at_operating_point"]["recall"]
     pii = results.get("pii")
     if pii:
         for config, entry in pii.get("results", {}).items():
@@ -173,8 +179,20 @@ def accuracy_headlines(results: dict[str, dict[str, Any] | None]) -> dict[str, f
     return {k: round(float(v), 3) for k, v in out.items()}
 
 
+def with_injection_embeddings(profile: dict[str, Any], mode: str) -> dict[str, Any]:
+    """A copy of `profile` whose injection rules carry `embeddings: mode` (unchanged for the default, auto)."""
+    if mode == "auto":
+        return profile
+    return {
+        stage: [
+            {**rule, "options": {"embeddings": mode}} if rule["detector"] == "injection" else rule for rule in rules
+        ]
+        for stage, rules in profile.items()
+    }
+
+
 def measure(
-    texts_per_cell: int, sources: dict[str, list[str]]
+    texts_per_cell: int, sources: dict[str, list[str]], profile_spec: dict[str, Any] = PROFILE
 ) -> tuple[dict[str, dict[str, dict[str, Timing]]], dict[str, dict[str, Timing]], list[tuple[str, str, str]]]:
     """Time every rule's detector alone, then each whole stage, on 1 KB and 8 KB texts."""
     from gengate.guard.base import ScanRequest, Stage
@@ -183,7 +201,7 @@ def measure(
     from gengate.settings import GuardSettings
 
     progress("building the full default pipeline")
-    settings = GuardSettings.model_validate({"profiles": {"default": PROFILE}, "default_profile": "default"})
+    settings = GuardSettings.model_validate({"profiles": {"default": profile_spec}, "default_profile": "default"})
     pipeline = Guard(settings).pipelines["default"]
     profile = settings.profiles["default"]
     registry = DetectorRegistry(load_plugins=False)
@@ -242,7 +260,9 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=200, help="distinct texts per size and stage")
     parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the first allowed)")
     parser.add_argument("--out", type=Path, default=RESULTS / "guard_eval.json")
+    parser.add_argument("--injection-embeddings", choices=["auto", "on", "off"], default="auto")
     args = parser.parse_args()
+    profile = with_injection_embeddings(PROFILE, args.injection_embeddings)
 
     # Before numpy is first imported (by the injection detector), so its BLAS stays on the pinned core.
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
@@ -250,7 +270,7 @@ def main() -> None:
     progress(f"pinned to CPU {cpu}" if cpu is not None else "no CPU affinity on this OS: running unpinned")
     progress(f"loading texts from {args.data}")
     sources = load_sources(args.data)
-    per_detector, per_stage, rows = measure(args.texts, sources)
+    per_detector, per_stage, rows = measure(args.texts, sources, profile)
     accuracy = accuracy_headlines(dict(ensure_accuracy_results(args.data)))
     goal = per_stage["input"]["1KB"].p95_ms
     passed = goal < GOAL_MS
@@ -266,7 +286,7 @@ def main() -> None:
     report = {
         "cpu": cpu,
         "texts_per_cell": args.texts,
-        "profile": PROFILE,
+        "profile": profile,
         "latency_ms": {
             "per_detector": {
                 stage: {name: as_json(timings) for name, timings in detectors.items()}

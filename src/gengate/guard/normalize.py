@@ -28,7 +28,8 @@ _INVISIBLE = re.compile(
 )
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SPACES = re.compile(r"\s+")
+_LINE_BREAK = re.compile(r"\s*\n\s*")
+_HSPACE = re.compile(r"[^\S\n]+")
 
 # Cyrillic and Greek letters that render like Latin ones (lower and upper case).
 _HOMOGLYPHS = str.maketrans(
@@ -51,6 +52,8 @@ _LOOKALIKES = frozenset(k for k in map(chr, _HOMOGLYPHS))
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
 _LEET_WORD = re.compile(r"[\w@$]*[A-Za-z][\w@$]*")
 _LEET_CHARS = re.compile(r"[0134578@$]")
+# Letters then two or more digits is a name, not leetspeak: "rot13", "base64", "sha256", "utf16".
+_NAME_WITH_NUMBER = re.compile(r"[A-Za-z]{2,}[0-9]{2,}")
 # Four or more single letters separated by one separator: "i g n o r e", "i.g.n.o.r.e", "i-g-n-o-r-e".
 _SPACED = re.compile(r"(?<![\w])(?:[A-Za-z](?:[ .\-_*]|  +)){3,}[A-Za-z](?![\w])")
 _SPACED_SEP = re.compile(r"[ .\-_*]")
@@ -60,39 +63,16 @@ _HEX = re.compile(r"(?:(?:\\x|0x)?[0-9a-fA-F]{2}[ :]?){8,}")
 _URL_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
 _HEX_STRIP = re.compile(r"\\x|0x|[ :]")
 # Words common in English prose and in injections: rot13 is only tried when it makes the text more English.
-_ENGLISH = frozenset(
-    [
-        "the",
-        "and",
-        "you",
-        "to",
-        "of",
-        "a",
-        "in",
-        "is",
-        "it",
-        "that",
-        "for",
-        "your",
-        "all",
-        "this",
-        "are",
-        "be",
-        "with",
-        "not",
-        "ignore",
-        "previous",
-        "instructions",
-        "now",
-        "system",
-        "prompt",
-        "say",
-        "tell",
-        "me",
-        "what",
-        "do",
-    ]
-)
+_ENGLISH = frozenset((
+    "the", "and", "you", "to", "of", "a", "in", "is", "it", "that", "for", "your", "all", "this", "are", "be", "with",
+    "not", "ignore", "previous", "instructions", "now", "system", "prompt", "say", "tell", "me", "what", "do", "my",
+    "i", "we", "from", "on", "as", "or", "if", "then", "output", "write", "give", "following", "rules", "code",
+    "password", "secret", "reveal", "print", "must", "will", "can", "please", "only", "any", "no", "reply", "answer",
+    "respond",
+))  # fmt: skip
+# Where a rot13 piece may start or end: sentence ends, colons and line breaks (rot13 keeps punctuation).
+_SEGMENT = re.compile(r"(?<=[.!?:])\s+|\n+")
+MAX_ROT13_SEGMENTS = 64
 _WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -151,7 +131,9 @@ def unleet(text: str) -> str:
 
     def fix(m: re.Match[str]) -> str:
         word = m.group(0)
-        return word.translate(_LEET) if _LEET_CHARS.search(word) else word
+        if not _LEET_CHARS.search(word) or _NAME_WITH_NUMBER.fullmatch(word):
+            return word
+        return word.translate(_LEET)
 
     return _LEET_WORD.sub(fix, text)
 
@@ -167,10 +149,15 @@ def despace(text: str) -> str:
 
 
 def canonical(text: str) -> str:
-    """The form the classifier is trained and run on: cleaned, de-obfuscated, case-folded, spaces collapsed."""
+    """The form the classifier is trained and run on: cleaned, de-obfuscated, case-folded, spaces collapsed.
+
+    A run of whitespace becomes one line break when it contains one, else one space: structural rules and
+    sentence windows need line starts, while the hashed n-grams read line breaks as spaces.
+    """
     text = strip_marks(map_homoglyphs(clean(text)))
     text = despace(unleet(text))
-    return _SPACES.sub(" ", text).strip().casefold()
+    text = _HSPACE.sub(" ", _LINE_BREAK.sub("\n", text))
+    return text.strip().casefold()
 
 
 def _printable(raw: bytes) -> str | None:
@@ -209,6 +196,24 @@ def _english_hits(text: str) -> int:
     return sum(w.lower() in _ENGLISH for w in _WORD.findall(text[:4_000]))
 
 
+def _rot13_piece(head: str) -> str | None:
+    """The rot13 reading of `head` when it makes the text more English: the whole text, or else the segments
+    (sentences, lines, text after a colon) that read as English only once decoded, joined in order. A plain
+    preamble ("This is ROT13, decode it:") must not hide an encoded instruction that follows it.
+    """
+    rot = codecs.encode(head, "rot13")
+    if _english_hits(rot) >= max(2, 2 * _english_hits(head)):
+        return rot
+    decoded = []
+    for seg in _SEGMENT.split(head, maxsplit=MAX_ROT13_SEGMENTS)[:MAX_ROT13_SEGMENTS]:
+        if len(seg) < 12:
+            continue
+        rot_seg = codecs.encode(seg, "rot13")
+        if _english_hits(rot_seg) >= max(3, 2 * _english_hits(seg) + 1):
+            decoded.append(rot_seg)
+    return " ".join(decoded) if decoded else None
+
+
 def decoded_pieces(text: str, depth: int = MAX_DECODE_DEPTH) -> list[str]:
     """Plain text hidden in `text` as base64, hex, URL-encoding or rot13 (capped in number and size)."""
     found: list[str] = []
@@ -230,10 +235,7 @@ def decoded_pieces(text: str, depth: int = MAX_DECODE_DEPTH) -> list[str]:
         add(_hex(m.group(0)[: MAX_PIECE_CHARS * 4]))
     if len(_URL_ESCAPE.findall(text[:MAX_PIECE_CHARS])) >= 3:
         add(urllib.parse.unquote(text[:MAX_PIECE_CHARS]))
-    head = text[:MAX_PIECE_CHARS]
-    rot = codecs.encode(head, "rot13")
-    if _english_hits(rot) >= max(2, 2 * _english_hits(head)):
-        add(rot)
+    add(_rot13_piece(text[:MAX_PIECE_CHARS]))
     if depth > 1:
         for piece in list(found):
             for inner in decoded_pieces(piece, depth - 1):

@@ -1,10 +1,14 @@
-"""The offline PII detector: patterns with checksums and context words, plus gazetteer-based names and addresses.
+"""The offline PII detector: patterns with checksums and context words, plus a learned tagger for names,
+addresses, places and the other entities that have no fixed shape.
 
 `PiiDetector` implements the guard `Detector` protocol under the name "pii". Findings are labelled
-`pii.<type>` with character offsets into the scanned text. Everything (regexes, gazetteers) is built in the
-constructor, never at import time; `scan` is pure. Scores: the recognizer's base score (raised by validation
-and context words), then overlapping candidates are resolved (highest score, then longest span wins) and
-anything under `threshold` is dropped. Scoring rules and measured quality are in docs/guard-pii.md.
+`pii.<type>` with character offsets into the scanned text. Everything (regexes, gazetteers, the tagger's
+artifact) is loaded in the constructor, never at import time; `scan` is pure. Pattern candidates are scored
+(base score, validation, context words), overlaps among them resolved (highest score, then validated types, then
+the longest span) and anything under `threshold` dropped; the tagger's spans (`pii_tagger.py`) then fill in
+wherever no kept pattern span lies, so a Luhn-valid card or an IBAN always wins over what the tagger thinks.
+With `tagger=False` the rule-based name and address recognizers of `pii_names.py` are used instead (and the
+tagger-only entities are unavailable). Scoring rules and measured quality are in docs/guard-pii.md.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from collections.abc import Iterable
 from gengate.guard.base import Finding, ScanRequest
 from gengate.guard.detectors.pii_names import AddressRecognizer, Gazetteer, NameRecognizer
 from gengate.guard.detectors.pii_patterns import DEFAULT_SPECS, Candidate, PatternRecognizer
+from gengate.guard.detectors.pii_tagger import PiiTagger, TaggerModel
 
-ENTITIES: tuple[str, ...] = (
+# Entities the patterns (and, without the tagger, the rule-based name/address recognizers) find.
+RULE_ENTITIES: tuple[str, ...] = (
     "email",
     "phone_number",
     "credit_card",
@@ -31,8 +37,30 @@ ENTITIES: tuple[str, ...] = (
     "street_address",
     "person",
 )
+# Entities only the tagger finds (labels follow the tagger's classes; GPE is `location`, NRP is `nrp`).
+TAGGER_ENTITIES: tuple[str, ...] = (
+    "age",
+    "driver_license",
+    "location",
+    "zip_code",
+    "organization",
+    "date_time",
+    "title",
+    "nrp",
+    "domain_name",
+)
+ENTITIES: tuple[str, ...] = RULE_ENTITIES + TAGGER_ENTITIES
+# Off unless asked for: on their own they rarely identify anyone, and redacting them mangles ordinary text
+# ("flying to Paris", "Monday", "Mr.", "Allianz", "German", a link, a five-digit number). The bench measures
+# both configurations.
+OPT_IN_ENTITIES = frozenset({"location", "zip_code", "organization", "date_time", "title", "nrp", "domain_name"})
+DEFAULT_ENTITIES: tuple[str, ...] = tuple(e for e in ENTITIES if e not in OPT_IN_ENTITIES)
+# Entities whose patterns validate a checksum or registry rule: a match that fails keeps the tagger off its span.
+_CHECKSUMMED = frozenset({"credit_card", "iban", "us_ssn", "au_tfn", "au_abn", "au_medicare"})
+# Entities the tagger proposes spans for (phone numbers too: it finds national formats the patterns reject).
+_TAGGED = frozenset({"person", "street_address", "phone_number", *TAGGER_ENTITIES})
 # Validated entities win overlaps over shape-only ones at equal score (a Luhn-valid card is not a phone).
-_PRIORITY = {e: i for i, e in enumerate(reversed(ENTITIES))} | {
+_PRIORITY = {e: i for i, e in enumerate(reversed(RULE_ENTITIES))} | {
     "credit_card": 100,
     "iban": 100,
     "email": 100,
@@ -43,15 +71,19 @@ _PRIORITY = {e: i for i, e in enumerate(reversed(ENTITIES))} | {
     "ip_address": 80,
     "date_of_birth": 70,
 }
-# Longer inputs are scanned in windows of this many characters so one pathological text cannot stall a request.
+# Longer inputs are cut here so one pathological text cannot stall a request.
 MAX_SCAN_CHARS = 1_000_000
 
 
 class PiiDetector:
-    """Finds personal data in text (see module docstring)."""
+    """Finds personal data in text (see module docstring).
+
+    `entities` defaults to `DEFAULT_ENTITIES` (`RULE_ENTITIES` without the tagger); `tagger` is True (the
+    shipped tagger), False (rules only) or a `PiiTagger` to use as it is (evaluation). `gazetteer` replaces the
+    shipped word lists.
+    """
 
     name = "pii"
-    version = "1"
 
     def __init__(
         self,
@@ -59,38 +91,93 @@ class PiiDetector:
         threshold: float = 0.5,
         gazetteer: Gazetteer | None = None,
         address_locality: bool = True,
+        tagger: bool | PiiTagger = True,
     ) -> None:
-        wanted = tuple(entities) if entities is not None else ENTITIES
+        default = DEFAULT_ENTITIES if tagger is not False else RULE_ENTITIES
+        wanted = tuple(entities) if entities is not None else default
         unknown = sorted(set(wanted) - set(ENTITIES))
         if unknown:
             raise ValueError(f"unknown PII entities {unknown}; known: {', '.join(ENTITIES)}")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"PII threshold must be in [0, 1], got {threshold}")
+        if tagger is False and set(wanted) & set(TAGGER_ENTITIES):
+            needs = sorted(set(wanted) & set(TAGGER_ENTITIES))
+            raise ValueError(f"PII entities {needs} need the tagger (tagger: true)")
         self.entities = frozenset(wanted)
         self.threshold = threshold
         self._patterns = [PatternRecognizer(s) for s in DEFAULT_SPECS if s.entity in self.entities]
-        self._names = NameRecognizer(gazetteer or Gazetteer.shipped()) if "person" in self.entities else None
-        self._addresses = AddressRecognizer(address_locality) if "street_address" in self.entities else None
+        self._tagger: PiiTagger | None = None
+        self._names: NameRecognizer | None = None
+        self._addresses: AddressRecognizer | None = None
+        if isinstance(tagger, PiiTagger):
+            self._tagger = tagger
+        elif tagger and self.entities & _TAGGED:
+            self._tagger = PiiTagger(TaggerModel.shipped(), gazetteer or Gazetteer.shipped())
+        if self._tagger is None:
+            names = Gazetteer.shipped() if gazetteer is None and "person" in self.entities else gazetteer
+            self._names = NameRecognizer(names) if names is not None and "person" in self.entities else None
+            self._addresses = AddressRecognizer(address_locality) if "street_address" in self.entities else None
+        # The artifact's hash is part of the version, so recorded findings say which model produced them.
+        self.version = "2" if self._tagger is None else f"2+tagger.{self._tagger.model.version}"
 
-    def candidates(self, text: str) -> list[Candidate]:
-        """Every candidate before overlap resolution and threshold (for evaluation and debugging)."""
-        text = text[:MAX_SCAN_CHARS]
+    def _rule_candidates(self, text: str, rejected: list[tuple[int, int]] | None = None) -> list[Candidate]:
         out: list[Candidate] = []
         for recognizer in self._patterns:
-            out.extend(recognizer.find(text))
+            vetoes = rejected if recognizer.spec.entity in _CHECKSUMMED else None
+            out.extend(recognizer.find(text, rejected=vetoes))
         if self._addresses is not None:
             out.extend(self._addresses.find(text))
         if self._names is not None:
             out.extend(self._names.find(text))
         return out
 
+    def _tagged_candidates(self, text: str) -> list[Candidate]:
+        if self._tagger is None:
+            return []
+        return [
+            Candidate(f"pii.{span.entity}", span.start, span.end, span.score)
+            for span in self._tagger.find(text)
+            if span.entity in self.entities
+        ]
+
+    def candidates(self, text: str) -> list[Candidate]:
+        """Every candidate before overlap resolution and threshold (for evaluation and debugging)."""
+        text = text[:MAX_SCAN_CHARS]
+        return self._rule_candidates(text) + self._tagged_candidates(text)
+
     def scan(self, request: ScanRequest) -> list[Finding]:
         """Findings for PII in the request's text, sorted by start offset."""
-        kept = resolve_overlaps(c for c in self.candidates(request.text) if c.score >= self.threshold)
+        text = request.text[:MAX_SCAN_CHARS]
+        rejected: list[tuple[int, int]] = []
+        kept = resolve_overlaps(c for c in self._rule_candidates(text, rejected) if c.score >= self.threshold)
+        tagged = {c for c in self._tagged_candidates(text) if c.score >= self.threshold}
+        if tagged:
+            # A number shaped like a card, IBAN or SSN that fails its checksum is not reported as anything else.
+            closed = resolve_overlaps(Candidate("", a, b, 1.0) for a, b in rejected)
+            kept = _fill_in(kept, sorted(tagged, key=lambda c: c.start), closed)
         return [
-            Finding(c.label, c.start, c.end, c.score, self.name, f"{c.label.removeprefix('pii.')} pattern")
+            Finding(c.label, c.start, c.end, c.score, self.name, f"{c.label.removeprefix('pii.')} {how}")
             for c in kept
+            for how in ("(tagger)" if c in tagged else "pattern",)
         ]
+
+
+def _fill_in(kept: list[Candidate], extra: list[Candidate], closed: list[Candidate]) -> list[Candidate]:
+    """`kept` plus every span of `extra` that overlaps neither `kept` nor `closed` (each sorted, non-overlapping)."""
+    out = list(kept)
+    kept_starts = [c.start for c in kept]
+    closed_starts = [c.start for c in closed]
+    for cand in extra:
+        if not _overlaps(kept, kept_starts, cand) and not _overlaps(closed, closed_starts, cand):
+            out.append(cand)
+    return sorted(out, key=lambda c: c.start)
+
+
+def _overlaps(spans: list[Candidate], starts: list[int], cand: Candidate) -> bool:
+    """Whether `cand` overlaps one of `spans`, which do not overlap each other (so sorted by start and by end):
+    only the last span starting before `cand` ends can."""
+    i = bisect_left(starts, cand.end)
+    return i > 0 and spans[i - 1].end > cand.start
 
 
 def resolve_overlaps(candidates: Iterable[Candidate]) -> list[Candidate]:

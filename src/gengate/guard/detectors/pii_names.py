@@ -70,19 +70,47 @@ def _load(filename: str) -> frozenset[str]:
 
 @dataclass(frozen=True, slots=True)
 class Gazetteer:
-    """First and last names (lower-case)."""
+    """Lower-case word and phrase lists: first and last names (used by `NameRecognizer`), and places,
+    organisation affixes, languages, job titles and common words (features of the tagger, see `pii_tagger.py`).
+    """
 
     first: frozenset[str]
     last: frozenset[str]
+    places: frozenset[str] = frozenset()
+    organisations: frozenset[str] = frozenset()
+    languages: frozenset[str] = frozenset()
+    jobs: frozenset[str] = frozenset()
+    common: frozenset[str] = frozenset()  # ordinary lower-case English words
 
     @classmethod
     def shipped(cls) -> Gazetteer:
         """The gazetteer shipped as package data."""
-        return cls(_load("pii_first_names.txt"), _load("pii_last_names.txt"))
+        return cls(
+            _load("pii_first_names.txt"),
+            _load("pii_last_names.txt"),
+            _load("pii_places.txt"),
+            _load("pii_organisations.txt"),
+            _load("pii_languages.txt"),
+            _load("pii_jobs.txt"),
+            _load("pii_common_words.txt"),
+        )
 
     def without(self, words: frozenset[str]) -> Gazetteer:
-        """A copy with `words` removed (used to measure how much a score owes to memorised names)."""
-        return Gazetteer(self.first - words, self.last - words)
+        """A copy without `words`, and without every phrase containing one of them (used to measure how much
+        a score owes to memorised names and places)."""
+
+        def keep(phrases: frozenset[str]) -> frozenset[str]:
+            return frozenset(p for p in phrases if not any(w in words for w in p.split()))
+
+        return Gazetteer(
+            self.first - words,
+            self.last - words,
+            keep(self.places),
+            keep(self.organisations),
+            keep(self.languages),
+            keep(self.jobs),
+            self.common,  # evidence against a name: left as it is
+        )
 
 
 def _is_cap(word: str) -> bool:

@@ -66,8 +66,9 @@ class PatternRecognizer:
         self._context = _word_alternation(spec.context) if spec.context else None
         self._negative = _word_alternation(spec.negative_context) if spec.negative_context else None
 
-    def find(self, text: str, window: int = 48) -> Iterator[Candidate]:
-        """Yield candidates in `text`, scored with validation and context."""
+    def find(self, text: str, window: int = 48, rejected: list[tuple[int, int]] | None = None) -> Iterator[Candidate]:
+        """Yield candidates in `text`, scored with validation and context; spans that had the shape but failed
+        validation are appended to `rejected` when given (the detector keeps other recognizers off them)."""
         spec = self.spec
         if spec.needs not in text:
             return
@@ -76,6 +77,8 @@ class PatternRecognizer:
             if spec.validator is not None:
                 validated = spec.validator(match, spec.score)
                 if validated is None:
+                    if rejected is not None:
+                        rejected.append(match.span("v") if "v" in self._regex.groupindex else match.span())
                     continue
                 score = validated
             start, end = match.span("v") if "v" in self._regex.groupindex else match.span()

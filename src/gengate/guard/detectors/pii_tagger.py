@@ -1,0 +1,447 @@
+"""The learned PII sequence tagger: a linear-chain model over tokens with BIO tags, decoded with Viterbi.
+
+The artifact (`gengate/guard/data/pii_tagger.npz`, written by `scripts/train_pii_tagger.py`, no pickles) holds
+the feature names, a weight row per feature and tag, tag transition scores and the entity classes. It is an
+averaged structured perceptron trained on the training templates of presidio-synth-pii; its version is a hash
+of the artifact's bytes. Features come from `pii_features` (shared with training).
+
+Inference is pure Python plus numpy: the summed weights of each distinct token's features (and of its features
+as a neighbour, of word pairs and of layouts) are computed once and cached on the tagger, so a text's emission
+scores are a few gathers; exact Viterbi then costs one small numpy step per token. A span's score comes from
+the margin between the best path and the same path with the span called "outside". This module only proposes
+spans; `pii.PiiDetector` decides labels, overlaps and thresholds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gengate.guard.detectors.pii_features import (
+    Featurizer,
+    WordInfo,
+    layout_features,
+    layout_key,
+    line_lengths,
+    tokenize,
+)
+from gengate.guard.detectors.pii_names import Gazetteer
+
+ARTIFACT = "pii_tagger.npz"
+F32 = npt.NDArray[np.float32]
+# Sequences longer than this many tokens are decoded in pieces (cut at a line break or sentence end if one is
+# near), so memory stays bounded on huge inputs.
+MAX_TOKENS = 1024
+_CUT_LOOKBACK = 256
+MAX_CACHED_ROWS = 100_000  # summed-weight rows cached per tagger (~11 MB)
+_FORBIDDEN = -1e4  # transition score of an impossible tag bigram (O → I-x, B-x → I-y)
+_UNREACHABLE = -1e30
+
+
+@dataclass(frozen=True, slots=True)
+class TaggedSpan:
+    """A span the tagger proposes: entity class, character offsets, score in [0.5, 1)."""
+
+    entity: str
+    start: int
+    end: int
+    score: float
+
+
+def allowed_transitions(classes: tuple[str, ...]) -> npt.NDArray[np.bool_]:
+    """`[prev, next]` is True where the BIO scheme allows the bigram (an I-x only after B-x or I-x)."""
+    n = 1 + 2 * len(classes)
+    allowed = np.ones((n, n), dtype=bool)
+    for k in range(len(classes)):
+        inside = 2 + 2 * k
+        allowed[:, inside] = False
+        allowed[inside - 1, inside] = allowed[inside, inside] = True
+    return allowed
+
+
+@dataclass(frozen=True, slots=True)
+class TaggerModel:
+    """The loaded artifact."""
+
+    classes: tuple[str, ...]
+    features: dict[str, int]
+    weights: F32  # (features, tags)
+    transitions: F32  # (tags, tags); the tagger adds the BIO constraints
+    start: F32  # (tags,) score of the first tag
+    end: F32  # (tags,) score of the last tag
+    meta: dict[str, Any]
+    version: str
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TaggerModel:
+        """Read an artifact written by `to_bytes` (no pickles)."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            names = bytes(npz["features"]).decode("utf-8").split("\n")
+            meta = json.loads(str(npz["meta"]))
+            weights = npz["weights"].astype(np.float32)
+            transitions = npz["transitions"].astype(np.float32)
+            start = npz["start"].astype(np.float32)
+            end = npz["end"].astype(np.float32)
+        classes = tuple(meta["classes"])
+        version = hashlib.sha256(data).hexdigest()[:12]
+        return cls(classes, {n: i for i, n in enumerate(names)}, weights, transitions, start, end, meta, version)
+
+    @classmethod
+    def shipped(cls) -> TaggerModel:
+        """The artifact shipped as package data (read from the installed package; no network)."""
+        return cls.from_bytes(resources.files("gengate.guard.data").joinpath(ARTIFACT).read_bytes())
+
+    def to_bytes(self) -> bytes:
+        """Serialise as an `.npz` (weights as float16; used by the training script). The bytes depend only on the
+        model (fixed zip timestamps), so the version hash changes exactly when the model does."""
+        names = sorted(self.features, key=self.features.__getitem__)
+        arrays = {
+            "features": np.frombuffer("\n".join(names).encode("utf-8"), dtype=np.uint8),
+            "meta": np.array(json.dumps({**self.meta, "classes": list(self.classes)}, sort_keys=True)),
+            "weights": self.weights.astype(np.float16),
+            "transitions": self.transitions.astype(np.float32),
+            "start": self.start.astype(np.float32),
+            "end": self.end.astype(np.float32),
+        }
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, array in arrays.items():
+                member = io.BytesIO()
+                np.lib.format.write_array(member, array, allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, member.getvalue())
+        return buffer.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A token's cached rows of summed weights: its own features, and what it adds as a neighbour at offsets
+    -2, -1, 1, 2 (rows of `PiiTagger._table`)."""
+
+    own: int
+    context: tuple[int, int, int, int]
+    ident: str
+    short: str
+
+
+class PiiTagger:
+    """Proposes PII spans with a `TaggerModel` (see module docstring).
+
+    `unknown` lists lower-case words whose identity features are withheld, as if never seen in training: with a
+    gazetteer that lacks them too, it measures the tagger on genuinely unseen names (bench only).
+    """
+
+    def __init__(self, model: TaggerModel, gazetteer: Gazetteer, unknown: frozenset[str] = frozenset()) -> None:
+        self.model = model
+        self.featurizer = Featurizer(gazetteer)
+        self.unknown = unknown
+        allowed = allowed_transitions(model.classes)
+        self._trans = np.where(allowed, model.transitions, np.float32(_FORBIDDEN)).astype(np.float32)
+        self._start = np.where(allowed[0], model.start, np.float32(_FORBIDDEN)).astype(np.float32)
+        self._end = model.end.astype(np.float32)
+        self._scale = float(model.meta.get("score_scale", 1.0)) or 1.0
+        self._bounds = _OutsideBounds(self._trans, self._start, self._end)
+        # Cached sums of weight rows, one per distinct token, neighbour role, word pair or layout: a text's
+        # emissions are then a handful of gathers instead of one per feature. Bounded (see `_emissions`).
+        self._table = np.zeros((1024, len(model.transitions)), dtype=np.float32)  # row 0 stays zero
+        self._rows: dict[tuple[str, ...], int] = {}
+        self._tokens: dict[str, _Entry] = {}
+        self._layouts: dict[tuple[str, str, bool, bool, int, str], int] = {}
+        self._pending: list[tuple[int, list[int]]] = []
+        # The model's weights with one zero row appended (the row of an unknown feature).
+        self._weights = np.vstack([model.weights, np.zeros((1, len(model.transitions)), dtype=np.float32)])
+        self._edges: tuple[int, ...] = ()
+        self._clear()
+        # Long texts are scanned in worker threads: the caches are read and grown under this lock.
+        self._lock = threading.Lock()
+
+    def _row(self, key: tuple[str, ...], names: list[str]) -> int:
+        """The table row holding the summed weights of the features `names` (0 when none is known)."""
+        row = self._rows.get(key)
+        if row is not None:
+            return row
+        ids = [i for i in map(self.model.features.get, names) if i is not None]
+        if not ids:
+            row = 0
+        else:
+            row = len(self._rows) + 1
+            self._pending.append((row, ids))  # summed in one batch by `_flush`
+        self._rows[key] = row
+        return row
+
+    def _flush(self) -> None:
+        """Fill the rows allocated since the last flush (one gather and one `add.reduceat` for all of them)."""
+        if not self._pending:
+            return
+        last = self._pending[-1][0]
+        if last >= len(self._table):
+            size = len(self._table)
+            while size <= last:
+                size *= 2
+            grown = np.zeros((size, self._table.shape[1]), dtype=np.float32)
+            grown[: len(self._table)] = self._table
+            self._table = grown
+        rows = [row for row, _ in self._pending]
+        flat = [i for _, ids in self._pending for i in ids]
+        offsets = np.cumsum([0] + [len(ids) for _, ids in self._pending[:-1]])
+        self._table[rows] = np.add.reduceat(self.model.weights[flat], offsets, axis=0)
+        self._pending.clear()
+
+    def _clear(self) -> None:
+        self._rows.clear()
+        self._tokens.clear()
+        self._layouts.clear()
+        self._pending.clear()
+        self._table = np.zeros((1024, len(self.model.transitions)), dtype=np.float32)
+        edges = [f"{o}w={'<s>' if o < 0 else '</s>'}" for o in (-2, -1, 1, 2)]
+        self._edges = tuple(self._row(("edge", name), [name]) for name in edges)
+        self._flush()
+
+    def _entry(self, token: str) -> _Entry:
+        entry = self._tokens.get(token)
+        if entry is not None:
+            return entry
+        info: WordInfo = self.featurizer.word(token)
+        known = info.ident[2:] not in self.unknown
+        cap = "C" if info.short[:1] == "X" else "l"
+        names = ["b", *info.form, *([info.ident] if known else [])]
+        names += [f"g={f}" for f in info.flags] + [f"g{cap}={f}" for f in info.flags]
+        rows = [self._row(("own", token), names)]
+        for o in (-2, -1, 1, 2):
+            ctx = [f"{o}{info.ident}"] if known else []
+            if o in (-1, 1):
+                ctx.append(f"{o}ss={info.short}")
+                ctx += [f"{o}g={f}" for f in info.flags]
+            rows.append(self._row((str(o), token), ctx))
+        entry = _Entry(rows[0], (rows[1], rows[2], rows[3], rows[4]), info.ident if known else "?", info.short)
+        self._tokens[token] = entry
+        return entry
+
+    def emissions(self, text: str, spans: list[tuple[int, int]]) -> F32:
+        """Emission scores (tokens x tags) for one sequence of token spans."""
+        with self._lock:
+            return self._emissions(text, spans)
+
+    def _emissions(self, text: str, spans: list[tuple[int, int]]) -> F32:
+        # A call adds at most 8 rows per token; a long-running gateway sees unbounded vocabularies, so the cache
+        # starts again (before the call, never during it) once it would pass MAX_CACHED_ROWS.
+        if len(self._rows) + 8 * len(spans) > MAX_CACHED_ROWS:
+            self._clear()
+        entries = [self._entry(text[a:b]) for a, b in spans]
+        n = len(entries)
+        edges = [0, *(b for _, b in spans)]
+        gaps = [text[edges[i] : spans[i][0]] for i in range(n)] + [text[edges[n] :]]
+        lines = line_lengths(gaps)
+        # Word pairs and bigrams are looked up in the model directly: in prose most are new and unknown, and
+        # caching them would fill the cache with zero rows.
+        index, zero = self.model.features, len(self.model.weights)
+        pairs: list[int] = []
+        bigrams: list[int] = []
+        layouts: list[int] = []
+        prev2, prev = "<s>", "<s>"
+        for t, entry in enumerate(entries):
+            pairs.append(index.get(f"pw|ss={prev}|{entry.short}", zero))
+            bigrams.append(index.get(f"pw2={prev2}|{prev}", zero))
+            where = layout_key(gaps, lines, t, entry.short)
+            row = self._layouts.get(where)
+            if row is None:
+                row = self._layouts[where] = self._row(("layout", *map(str, where)), layout_features(*where))
+            layouts.append(row)
+            prev2, prev = prev, entry.ident
+        self._flush()
+        table = self._table
+        em = table[[e.own for e in entries]]
+        em += table[layouts]
+        em += self._weights[pairs]
+        em += self._weights[bigrams]
+        for slot, offset in enumerate((-2, -1, 1, 2)):
+            context = table[[e.context[slot] for e in entries]]
+            edge = table[self._edges[slot]]
+            if offset < 0:  # position t sees token t + offset (< t)
+                em[-offset:] += context[: n + offset]
+                em[: min(n, -offset)] += edge
+            else:
+                em[: max(0, n - offset)] += context[offset:]
+                em[max(0, n - offset) :] += edge
+        return em
+
+    def find(self, text: str) -> Iterator[TaggedSpan]:
+        """Yield the spans of the best tag sequence, with their scores."""
+        spans = tokenize(text)
+        for a, b in _pieces(text, spans):
+            piece = spans[a:b]
+            for first, last, k, margin in self.decode(self.emissions(text, piece)):
+                score = 1.0 - 0.5 * math.exp(-max(margin, 0.0) / self._scale)
+                yield TaggedSpan(self.model.classes[k], piece[first][0], piece[last][1], round(score, 3))
+
+    def decode(self, emissions: F32) -> Iterator[tuple[int, int, int, float]]:
+        """Spans (first token, last token, class, margin) of the Viterbi path. The margin is how much the path
+        loses if the span's tokens are called outside instead, the rest of the path unchanged (>= 0)."""
+        n, tags = emissions.shape
+        if n == 0:
+            return
+        trans = self._trans
+        # Positions where "outside" provably wins are passed in one step per run (exact: see _OutsideBounds).
+        forced = self._bounds.forced(emissions) if n > 2 else np.zeros(n, dtype=bool)
+        runs = _run_ends(forced.tolist())
+        outside = np.concatenate([[0.0], np.cumsum(emissions[:, 0], dtype=np.float64)]).tolist()
+        unreachable = np.full(tags, _UNREACHABLE, dtype=np.float32)
+        stay = float(trans[0, 0])
+        back: list[npt.NDArray[np.intp] | int] = [0] * n  # an array of best predecessors, or the one used
+        scores = np.empty((tags, tags), dtype=np.float32)
+        columns = np.arange(tags)
+        alpha = self._start + emissions[0]
+        t = 1
+        while t < n:
+            u = runs[t]
+            if u > t:  # t .. u-1 are outside in every best path
+                into = alpha + trans[:, 0]
+                came = int(into.argmax())
+                back[t] = came
+                alpha = unreachable.copy()
+                alpha[0] = float(into[came]) + (outside[u] - outside[t]) + (u - t - 1) * stay
+                t = u
+                continue
+            np.add(alpha[:, None], trans, out=scores)
+            best = scores.argmax(axis=0)
+            back[t] = best
+            alpha = scores[best, columns] + emissions[t]
+            t += 1
+        tag = int((alpha + self._end).argmax())
+        path = [tag]
+        for t in range(n - 1, 0, -1):
+            # Inside a forced run the tag is outside; the run's first position records where it came from.
+            step = back[t]
+            run_start = t == 1 or not forced[t - 1]
+            tag = int(step[tag]) if isinstance(step, np.ndarray) else (step if run_start else 0)
+            path.append(tag)
+        path.reverse()
+        t = 0
+        while t < n:
+            tag = path[t]
+            if tag % 2 == 0:  # outside (an I- never follows O: the transitions forbid it)
+                t += 1
+                continue
+            u = t + 1
+            while u < n and path[u] == tag + 1:  # B-x, then I-x ...
+                u += 1
+            yield t, u - 1, (tag - 1) // 2, self._margin(emissions, path, t, u)
+            t = u
+
+    def _margin(self, emissions: F32, path: list[int], t: int, u: int) -> float:
+        """Score of `path` minus the score of the same path with tokens t..u-1 outside."""
+        trans, y = self._trans, path
+        margin = sum(float(emissions[i, y[i]] - emissions[i, 0]) for i in range(t, u))
+        margin += sum(float(trans[y[i - 1], y[i]] - trans[0, 0]) for i in range(t + 1, u))
+        if t == 0:
+            margin += float(self._start[y[t]] - self._start[0])
+        else:
+            margin += float(trans[y[t - 1], y[t]] - trans[y[t - 1], 0])
+        if u == len(y):
+            margin += float(self._end[y[u - 1]] - self._end[0])
+        else:
+            margin += float(trans[y[u - 1], y[u]] - trans[0, y[u]])
+        return margin
+
+
+def _run_ends(forced: list[bool]) -> list[int]:
+    """For each position, where the run of forced positions starting there ends (the position itself if none)."""
+    ends = list(range(len(forced)))
+    for t in range(len(forced) - 1, -1, -1):
+        if forced[t]:
+            ends[t] = ends[t + 1] if t + 1 < len(forced) and forced[t + 1] else t + 1
+    return ends
+
+
+class _OutsideBounds:
+    """Finds positions where every best tag sequence says "outside" (tag 0), from local bounds only.
+
+    With alpha/beta the best prefix/suffix scores, position t is outside in every best sequence when, for each
+    tag y != O, alpha[t,y] + beta[t,y] < alpha[t,O] + beta[t,O]. Upper bounds on alpha[t,y] - alpha[t,O] and
+    beta[t,y] - beta[t,O] that look two positions each way (the neighbour's emissions, and the best case for
+    everything further) are cheap to compute for all positions at once; where their sum is negative for every y,
+    the position is forced. Since O can follow any tag and precede any tag but I-x, the I-x successors are
+    bounded through B-x, which O can precede. The Viterbi path then passes a run of forced positions in one
+    step, and the result is the same as a full Viterbi's.
+    """
+
+    def __init__(self, trans: F32, start: F32, end: F32) -> None:
+        tags = len(trans)
+        self.trans, self.start, self.end = trans, start, end
+        inside = np.zeros(tags, dtype=bool)
+        inside[2::2] = True
+        self.b_tags = np.arange(1, tags, 2)
+        self.i_tags = self.b_tags + 1
+        # alpha[t,p] - alpha[t,O] <= (e[t,p] - e[t,O]) + into_one[p]
+        self.into_one = (trans - trans[:, :1]).max(axis=0)
+        # beta[t,y] - beta[t,O] over successors that O may precede (all but I-x)
+        self.out_plain = (trans[:, ~inside] - trans[:1, ~inside]).max(axis=1)
+        # beta[t+1,I-x] - beta[t+1,B-x] (same successors allowed), and at the last position
+        self.i_over_b = (trans[self.i_tags] - trans[self.b_tags]).max(axis=1)
+        self.i_over_b_end = end[self.i_tags] - end[self.b_tags]
+        self.col_max = trans[1:].max(axis=0)  # best T[p, y] over p != O
+        self.row_max = trans[:, 1:].max(axis=1)  # best T[y, n] over n != O
+
+    def forced(self, emissions: F32) -> npt.NDArray[np.bool_]:
+        """For each position: whether every best sequence tags it outside."""
+        trans, n = self.trans, len(emissions)
+        diff = emissions - emissions[:, :1]  # e[t,y] - e[t,O]
+        # alpha side, two steps: alpha[t,y] - alpha[t,O] <= d[t,y] + max(T[O,y], max_p!=O U[t-1,p] + T[p,y]) - T[O,O]
+        first = diff[0] + self.start - self.start[0]
+        prefix = diff[:-1] + self.into_one
+        prefix[0] = first
+        best_other = prefix[:, 1:].max(axis=1)
+        alpha_side = np.empty_like(diff)
+        alpha_side[0] = first
+        alpha_side[1:] = diff[1:] + np.maximum(trans[0][None, :], best_other[:, None] + self.col_max) - trans[0, 0]
+        # beta side, one step at t+1: bound on (e[t+1,m] + beta[t+1,m]) - (e[t+1,O] + beta[t+1,O])
+        step = np.empty_like(diff)
+        step[-1] = diff[-1] + self.end - self.end[0]
+        if n > 1:
+            over = np.tile(self.i_over_b, (n - 1, 1))
+            over[-1] = self.i_over_b_end
+            # through I-x at t+2, bounded via B-x (which O may precede)
+            via_b = diff[1:, self.i_tags] - diff[1:, self.b_tags] + over
+            later = np.tile(self.out_plain, (n - 1, 1))
+            base_b = trans[self.b_tags, self.i_tags] - trans[0, self.b_tags]
+            base_i = trans[self.i_tags, self.i_tags] - trans[0, self.b_tags]
+            later[:, self.b_tags] = np.maximum(later[:, self.b_tags], base_b + via_b)
+            later[:, self.i_tags] = np.maximum(later[:, self.i_tags], base_i + via_b)
+            step[:-1] = diff[:-1] + later
+        beta_side = np.empty_like(diff)
+        beta_side[-1] = self.end - self.end[0]
+        if n > 1:
+            nxt = step[1:]
+            best_next = nxt[:, 1:].max(axis=1)
+            beta_side[:-1] = np.maximum(trans[:, 0][None, :] + nxt[:, :1], self.row_max + best_next[:, None])
+            beta_side[:-1] -= trans[0, 0]
+        total = alpha_side + beta_side
+        total[:, 0] = -1.0
+        return np.asarray((total < 0).all(axis=1))
+
+
+def _pieces(text: str, spans: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Token index ranges of at most MAX_TOKENS, cut after a line break or sentence end where one is near."""
+    a, n = 0, len(spans)
+    while a < n:
+        b = min(n, a + MAX_TOKENS)
+        if b < n:
+            for cut in range(b, max(a + 1, b - _CUT_LOOKBACK), -1):
+                gap = text[spans[cut - 1][1] : spans[cut][0]]
+                if "\n" in gap or (gap and text[spans[cut - 1][0]] in ".!?"):
+                    b = cut
+                    break
+        yield a, b
+        a = b
