@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from aiohttp import web
 
-from conftest import RunningGateway, base_config, merge, settings_from
+from conftest import ADMIN_KEY, RunningGateway, base_config, merge, settings_from
+from dashboard_helpers import UI, cells
 from fake_upstream import FakeUpstream, ServerThread, Step
 from gengate.rag.sources import scan_source
 from rag_corpus import JWT_AUTH, token, write_corpus
@@ -104,7 +106,7 @@ def tool_gateway(tmp_path: Path, upstream: FakeUpstream, backend: Backend) -> It
         },
         "guard": {"profiles": {"rag": {"context": [{"detector": "injection", "action": "block"}]}}},
     }
-    config = merge(base_config(upstream, tmp_path / "data"), {**JWT_AUTH, **app})
+    config = merge(base_config(upstream, tmp_path / "data"), {**UI, **JWT_AUTH, **app})
     gw = RunningGateway(settings_from(config, tmp_path)).start()
     folder = write_corpus(tmp_path / "corpus")
     kbs = gw.gateway.kbs
@@ -141,6 +143,68 @@ def test_bound_parameter_carries_the_caller_whatever_the_model_asks(
         time.sleep(0.3)  # the trace writer flushes every 50 ms in tests
         findings = tool_gateway.run(tool_gateway.gateway.store.findings_for(answer.id.removeprefix("chatcmpl-")))
         assert any(f["label"] == "tool.bound_argument_ignored.leave_balance.employee_id" for f in findings)
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [value]
+
+
+def test_trace_shows_the_tool_call_with_bound_sources_and_never_argument_values(
+    tool_gateway, upstream, backend, sdk, open_ui
+) -> None:
+    model_says = {"employee_id": "carol", "year": 2026, "reason": "planning a trip to Lisbon"}
+    upstream.queue("fake-model", Step(tool_calls=_tool_call(model_says)), Step(content="You have 17 days left [1]."))
+    answer = sdk(tool_gateway, token("bob", ["staff"])).chat.completions.create(
+        model="app/hr", messages=[{"role": "user", "content": "How many days of annual leave do I have left?"}]
+    )
+    assert backend.seen[-1]["employee"] == "bob"  # the bound value came from bob's token, not from the model
+    request_id = answer.id.removeprefix("chatcmpl-")
+    tool_gateway.run(tool_gateway.gateway.traces.flush())
+
+    page = open_ui(tool_gateway, ADMIN_KEY).get(f"/ui/requests/{request_id}").text
+    assert cells(page, "Model call") == [
+        ["1", "leave_balance", "employee_id ← claims.sub", "year, reason (undeclared, dropped)", "employee_id",
+         "ok (HTTP 200)"],
+    ]  # fmt: skip
+    # Both model calls of the tool loop are routing attempts of this request, one per round.
+    assert [(a[1], a[2], a[3]) for a in cells(page, "Attempt")] == [
+        ("1", "fake/fake-model", "answered"), ("2", "fake/fake-model", "answered"),
+    ]  # fmt: skip
+    assert cells(page, "Rank")  # the app retrieved from the handbook before asking the model
+
+    stored = tool_gateway.run(tool_gateway.gateway.store.steps_for(request_id))
+    assert [s["kind"] for s in stored][-3:] == ["attempt", "tool", "attempt"]
+    [tool] = [json.loads(s["detail"]) for s in stored if s["kind"] == "tool"]
+    assert tool["bound"] == [{"name": "employee_id", "source": "claims.sub"}] and tool["ignored"] == ["employee_id"]
+    leaves = [leaf for s in stored for leaf in _leaves(json.loads(s["detail"]))]
+    for value in ("carol", "bob", 2026, "2026", "planning a trip to Lisbon"):  # what the model and the token said
+        assert value not in leaves, value
+    assert "Lisbon" not in json.dumps(stored) and "carol" not in page
+
+
+def test_trace_keeps_the_failed_model_calls_of_an_app_request(tool_gateway, upstream, sdk) -> None:
+    upstream.default = Step(status=503, error_message="upstream echo: How many days of leave")
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(tool_gateway, token("bob", ["staff"])).chat.completions.create(
+            model="app/hr", messages=[{"role": "user", "content": "How many days of annual leave do I have left?"}]
+        )
+    assert caught.value.status_code == 502
+    request_id = caught.value.response.headers["x-request-id"]
+    tool_gateway.run(tool_gateway.gateway.traces.flush())
+    stored = tool_gateway.run(tool_gateway.gateway.store.steps_for(request_id))
+    attempts = [json.loads(s["detail"]) for s in stored if s["kind"] == "attempt"]
+    assert len(attempts) == upstream.calls_for("fake-model") >= 1  # every try, retries included
+    for attempt in attempts:
+        assert (attempt["deployment"], attempt["ok"], attempt["status"], attempt["round"]) == (
+            "fake/fake-model", False, 503, 0,
+        )  # fmt: skip
+        assert attempt["message"] == "upstream fake answered HTTP 503"  # never the upstream's own words
+    record = tool_gateway.run(tool_gateway.gateway.store.get_request(request_id))
+    assert (record["status"], record["attempts"]) == (502, len(attempts))
 
 
 def test_tool_result_with_an_injection_is_removed_before_the_model_sees_it(

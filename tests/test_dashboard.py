@@ -13,8 +13,9 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-from conftest import ADMIN_KEY, free_port
-from dashboard_helpers import UI, finding_row, request_row, seed
+from conftest import ADMIN_KEY, free_port, merge
+from dashboard_helpers import UI, cells, finding_row, request_row, seed
+from fake_upstream import Step
 from gengate.outer.experiments import spec_from_data
 from gengate.store.experiments import ExperimentStore
 from gengate.store.schema import ui_sessions
@@ -200,6 +201,46 @@ def test_trace_shows_principal_routing_findings_by_stage_and_the_app_response(gw
     for text in ("Stage: input", "Stage: output", "injection", "EMAIL", "helpdesk", "blocked", "leave.md",
                  "fake/fake-model", "<dt>Fallbacks</dt><dd>1</dd>", "<dt>Attempts</dt><dd>2</dd>"):  # fmt: skip
         assert text in page, text
+
+
+FALLBACK = {
+    "providers": {"backup": {"type": "openai", "base_url": "", "api_key": "upstream-secret", "timeout": 5}},
+    "models": {"gpt-test": {"deployments": [{"provider": "fake", "model": "fake-model"},
+                                            {"provider": "backup", "model": "backup-model", "priority": 1}]}},
+    "pricing": {"backup-model": {"input": 1.0, "output": 2.0}},
+    "routing": {"max_retries": 1},
+}  # fmt: skip
+
+
+def test_trace_lists_each_routing_attempt_with_its_error(storage, make_gateway, upstream, sdk, open_ui) -> None:
+    config = merge(FALLBACK, {"providers": {"backup": {"base_url": upstream.base_url}}})
+    gw = make_gateway({**UI, **storage, **config})
+    upstream.queue("fake-model", Step(status=503, error_message="upstream echo: my prompt was PROMPT-1234"),
+                   Step(status=500, error_message="upstream echo: PROMPT-1234"))  # fmt: skip
+    upstream.queue("backup-model", Step(content="from the backup"))
+    raw = sdk(gw, gw.create_key("team-a")).chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.parse().choices[0].message.content == "from the backup"
+    request_id = raw.headers["x-request-id"]
+    gw.run(gw.gateway.traces.flush())
+
+    page = open_ui(gw, ADMIN_KEY).get(f"/ui/requests/{request_id}").text
+    attempts = cells(page, "Attempt")
+    # Two tries at the primary (one retry), then the fallback: each with its own outcome, in order.
+    assert [row[:7] for row in attempts] == [
+        ["1", "—", "fake/fake-model", "failed", "bad_gateway", "503", "upstream fake answered HTTP 503"],
+        ["2", "—", "fake/fake-model", "failed", "bad_gateway", "500", "upstream fake answered HTTP 500"],
+        ["3", "—", "backup/backup-model", "answered", "", "", ""],
+    ]
+    assert all(float(row[7].replace(",", "")) >= 0 for row in attempts)  # each try's latency
+    assert "<dt>Attempts</dt><dd>3</dd>" in page and "<dt>Fallbacks</dt><dd>1</dd>" in page
+    # What the upstream wrote (which may quote the request) is neither shown nor stored.
+    assert "PROMPT-1234" not in page
+    assert "PROMPT-1234" not in json.dumps(gw.run(gw.gateway.store.steps_for(request_id)))
+    assert "keeps cited sources" not in page
+    other_team = open_ui(gw, gw.create_key("team-b"))
+    assert other_team.get(f"/ui/requests/{request_id}").status_code == 404
 
 
 def test_recorded_values_are_escaped(gw, open_ui) -> None:

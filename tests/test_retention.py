@@ -21,7 +21,8 @@ from gengate.cli.main import main
 from gengate.settings import Settings
 from gengate.store.db import Store, open_store
 from gengate.store.feedback import FeedbackStore, ForgetCounts, PurgeCounts
-from gengate.store.schema import feedback, guard_findings, requests, responses
+from gengate.store.schema import feedback, guard_findings, requests, responses, trace_steps
+from gengate.telemetry.trace_steps import retrieval_step, step_rows
 from rag_corpus import JWT_AUTH, token
 
 DAY = 86_400.0
@@ -69,6 +70,21 @@ def finding(request_id: str, ts: float) -> dict[str, Any]:
             "span_end": 5, "value_hash": "abc"}  # fmt: skip
 
 
+def steps(request_id: str, n: int = 1) -> list[dict[str, Any]]:
+    """`n` trace steps of a request: chunks retrieved for it, which say what was looked up for the person."""
+    return step_rows(request_id, [
+        retrieval_step(kb="handbook", doc_id=f"doc-{i}.md", version=1, chunk_id=i, title="Leave", score=0.5, rank=i,
+                       access=["group:staff"], dropped=False)
+        for i in range(1, n + 1)
+    ])  # fmt: skip
+
+
+async def step_counts(store: Store) -> dict[str, int]:
+    async with store.engine.connect() as conn:
+        query = sa.select(trace_steps.c.request_id, sa.func.count()).group_by(trace_steps.c.request_id)
+        return {str(rid): int(n) for rid, n in (await conn.execute(query)).all()}
+
+
 async def ids(store: Store, table: sa.Table, column: str) -> set[str]:
     async with store.engine.connect() as conn:
         return {str(r[0]) for r in (await conn.execute(sa.select(table.c[column]))).all()}
@@ -85,6 +101,7 @@ async def populate_expiring(url: str, now: float) -> None:
         await store.write_requests(
             [request_row(rid, ts) for rid, _, ts in rows], [finding("s-old", now - 2 * DAY)],
             [answer(rid, app, ts) for rid, app, ts in rows],
+            [*steps("s-old", 2), *steps("gone-old"), *steps("s-new"), *steps("f-old")],
         )  # fmt: skip
         await FeedbackStore(store.engine).add_events([
             event("s-old", "recent-feedback-on-an-expired-answer", now - 3600, "short"),
@@ -104,6 +121,8 @@ async def assert_expired_are_gone(url: str) -> None:
         # The request log has no payloads and stays whole; so do the guard findings of its requests.
         assert await ids(store, requests, "id") == {"s-old", "f-old", "gone-old", "plain-old", "s-new", "gone-new"}
         assert await ids(store, guard_findings, "request_id") == {"s-old"}
+        # An expired answer's trace steps (what was retrieved for it) go with it; the kept answers keep theirs.
+        assert await step_counts(store) == {"s-new": 1, "f-old": 1}
     finally:
         await store.close()
 
@@ -116,7 +135,7 @@ async def test_purge_deletes_answers_past_each_apps_retention_with_their_feedbac
     try:
         cutoffs = {"short": now - 1 * DAY, "forever": None}
         counts = await FeedbackStore(store.engine).purge(cutoffs, others=now - 90 * DAY)
-        assert counts == PurgeCounts(responses=3, feedback=2)
+        assert counts == PurgeCounts(responses=3, feedback=2, trace_steps=3)
         assert await FeedbackStore(store.engine).purge(cutoffs, others=now - 90 * DAY) == PurgeCounts()
     finally:
         await store.close()
@@ -131,6 +150,7 @@ async def populate_people(url: str, now: float) -> None:
             [request_row(rid, now, who) for rid, who in people] + [request_row("a-plain", now, "alice")],
             [finding("a1", now), finding("a-plain", now), finding("b1", now)],
             [answer(rid, "short", now, who) for rid, who in people],
+            [*steps("a1", 2), *steps("a-plain"), *steps("b1")],
         )  # fmt: skip
         await FeedbackStore(store.engine).add_events(
             [event("a1", "e1", now, "short"), event("a2", "e2", now, "short"), event("b1", "e3", now, "short", "bob")]
@@ -145,6 +165,7 @@ async def assert_only_bob_is_left(url: str) -> None:
         assert await ids(store, responses, "request_id") == {"b1"}
         assert await ids(store, feedback, "event_id") == {"e3"}
         assert await ids(store, guard_findings, "request_id") == {"b1"}
+        assert await step_counts(store) == {"b1": 1}
         async with store.engine.connect() as conn:
             logged = dict((await conn.execute(sa.select(requests.c.id, requests.c.subject))).all())
             costs = (await conn.execute(sa.select(sa.func.sum(requests.c.cost_usd)))).scalar()
@@ -163,7 +184,7 @@ async def test_forget_removes_a_persons_data_and_anonymises_their_requests(stora
         again = await FeedbackStore(store.engine).forget("alice")
     finally:
         await store.close()
-    assert counts == ForgetCounts(responses=2, feedback=2, guard_findings=2, requests_anonymised=3)
+    assert counts == ForgetCounts(responses=2, feedback=2, guard_findings=2, trace_steps=3, requests_anonymised=3)
     assert again == ForgetCounts()
     await assert_only_bob_is_left(url)
 
@@ -180,7 +201,7 @@ def test_cli_purge_and_forget_print_what_they_deleted(storage_url: str, tmp_path
     asyncio.run(populate_expiring(url, time.time()))
     purged = CliRunner().invoke(main, ["data", "purge", "--config", str(config)])
     assert purged.exit_code == 0, purged.output
-    assert "responses deleted: 3\nfeedback deleted: 2\n" in purged.stdout
+    assert "responses deleted: 3\nfeedback deleted: 2\ntrace steps deleted: 3\n" in purged.stdout
     asyncio.run(assert_expired_are_gone(url))
 
     asyncio.run(populate_people(url, time.time()))
@@ -188,9 +209,9 @@ def test_cli_purge_and_forget_print_what_they_deleted(storage_url: str, tmp_path
     assert refused.exit_code != 0
     forgot = CliRunner().invoke(main, ["data", "forget", "--config", str(config), "--subject", "alice", "--yes"])
     assert forgot.exit_code == 0, forgot.output
-    # alice also owns what populate_expiring wrote and the purge kept: 3 answers, 2 events, 1 finding.
+    # alice also owns what populate_expiring wrote and the purge kept: 3 answers, 2 events, 1 finding, 2 steps.
     assert forgot.stdout.splitlines() == ["responses deleted: 5", "feedback deleted: 4", "guard findings deleted: 3",
-                                          "requests anonymised: 9"]  # fmt: skip
+                                          "trace steps deleted: 5", "requests anonymised: 9"]  # fmt: skip
 
 
 GUARDED = {
@@ -224,7 +245,9 @@ def test_admin_api_forgets_a_person_everywhere(storage_url: str, make_gateway) -
         with gw.admin() as admin:
             resp = admin.delete("/admin/subjects/alice")
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"subject": "alice", "deleted": {"responses": 1, "feedback": 1, "guard_findings": 1},
+        # The app has no knowledge base and no model: its answer had no steps (retrieval, tools) to delete.
+        assert resp.json() == {"subject": "alice", "deleted": {"responses": 1, "feedback": 1, "guard_findings": 1,
+                                                               "trace_steps": 0},
                                "anonymised": {"requests": 2}}  # the ask, and the feedback call  # fmt: skip
         assert rate(alice, hers).status_code == 404  # her answer is gone for the feedback API too
 

@@ -134,9 +134,15 @@ class UpstreamError(GengateError):
     type = "upstream_error"
     code = "bad_gateway"
 
-    def __init__(self, message: str, *, retryable: bool = True, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, code: str | None = None, upstream_status: int | None = None,
+        summary: str | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(message, code=code)
         self.retryable = retryable
+        self.upstream_status = upstream_status  # the HTTP status the upstream answered, when it answered
+        # The message without anything the upstream wrote (which may quote the request): what traces keep.
+        self.summary = summary if summary is not None else message
 
 
 class UpstreamTimeout(UpstreamError):
@@ -149,8 +155,10 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamRejected(UpstreamError):
     """The upstream refused the request with a 4xx; its status and message are passed back."""
 
-    def __init__(self, message: str, *, status: int, body: dict[str, Any] | None = None) -> None:
-        super().__init__(message, retryable=status == 429)
+    def __init__(
+        self, message: str, *, status: int, body: dict[str, Any] | None = None, summary: str | None = None
+    ) -> None:
+        super().__init__(message, retryable=status == 429, upstream_status=status, summary=summary)
         self.status = status
         self.type = "invalid_request_error" if status != 429 else "rate_limit_error"
         self.code = "upstream_rejected"

@@ -22,6 +22,7 @@ from gengate.outer.experiment_service import change_status, load_analysis, recor
 from gengate.policy.engine import period_start
 from gengate.store.db import KeyRecord
 from gengate.store.experiments import ExperimentStore
+from gengate.telemetry.trace_steps import from_row
 
 Handler = Callable[[Request, Gateway], Awaitable[Response]]
 
@@ -126,6 +127,7 @@ async def _request(request: Request, gateway: Gateway) -> Response:
     if row is None:
         return error_response(NotFound("no such request"))
     row["guard_findings"] = await gateway.store.findings_for(row["id"])
+    row["steps"] = [from_row(s) for s in await gateway.store.steps_for(row["id"])]
     return json_response(row)
 
 
@@ -143,14 +145,14 @@ async def _spend(request: Request, gateway: Gateway) -> Response:
 
 
 async def _forget_subject(request: Request, gateway: Gateway) -> Response:
-    """Delete one person's answers, feedback and guard findings; anonymise their request-log rows."""
+    """Delete one person's answers, feedback, guard findings and trace steps; anonymise their request-log rows."""
     if gateway.feedback is None:
         raise NotFound("the outer loop is not enabled on this gateway")
     subject = request.path_params["subject"]
     counts = await gateway.feedback.forget(subject)
     return json_response(
         {"subject": subject, "deleted": {"responses": counts.responses, "feedback": counts.feedback,
-                                         "guard_findings": counts.guard_findings},
+                                         "guard_findings": counts.guard_findings, "trace_steps": counts.trace_steps},
          "anonymised": {"requests": counts.requests_anonymised}}
     )  # fmt: skip
 

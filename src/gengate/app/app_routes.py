@@ -39,6 +39,7 @@ from gengate.providers.routing import RouteLog, deployment_label
 from gengate.rag.answer import Passage
 from gengate.rag.types import caller_tokens
 from gengate.settings import AppSettings
+from gengate.telemetry.trace_steps import attempt_steps, retrieval_step, tool_step
 from gengate.types import Usage
 
 PREFIX = "app/"
@@ -132,17 +133,23 @@ async def run_app(call: Any, name: str, messages: list[dict[str, Any]], body: di
         text="", retrieved=len(retrieved), run=run, experiment=choice.experiment, variant=choice.variant
     )
     sources: list[Source] = []
-    for item in retrieved:
-        text = item.chunk.context or item.chunk.text
+    for rank, item in enumerate(retrieved, 1):
+        chunk = item.chunk
+        step = retrieval_step(
+            kb=item.kb, doc_id=chunk.doc_id, version=chunk.version, chunk_id=chunk.chunk_id, title=chunk.title,
+            score=item.score, rank=rank, access=chunk.access, dropped=False,
+        )  # fmt: skip
+        call.trace.steps.append(step)
+        text = chunk.context or chunk.text
         if run is not None and run.pipeline.has(Stage.CONTEXT):
             result = await scan(run, Stage.CONTEXT, text)
             await escalate(run, result, text)
             run.record(result, text)
             if result.blocked:
                 outcome.dropped += 1  # an indirect injection (or other violation) never reaches the model
+                step["dropped"] = True
                 continue
             text = result.text
-        chunk = item.chunk
         sources.append(
             Source(
                 len(sources) + 1, item.kb, chunk.doc_id, chunk.version, chunk.title, text, chunk.chunk_id, item.score
@@ -202,7 +209,12 @@ async def _ask_model(
             else:
                 payload.pop("tools", None)  # the last round must answer
             route = RouteLog()
-            result = await gateway.router.run(app.model, payload, call.trace.id, "complete", route)
+            try:
+                result = await gateway.router.run(app.model, payload, call.trace.id, "complete", route)
+            finally:
+                call.trace.attempts += len(route.attempts)
+                call.trace.fallbacks += route.fallbacks
+                call.trace.steps.extend(attempt_steps(route.attempts, round_no))
             usage = usage_of(result) or Usage()
             prompt += usage.prompt_tokens
             completion += usage.completion_tokens
@@ -233,6 +245,14 @@ async def _ask_model(
                 for key in item.ignored:
                     call.trace.findings.append(_tool_finding(call, run, item.name, key))
                 outcome.tools.append({"name": item.name, "ok": item.ok, "ignored_arguments": list(item.ignored)})
+                spec = specs.get(item.name)
+                call.trace.steps.append(
+                    tool_step(
+                        tool=item.name, bound=spec.bound if spec is not None else {}, arguments=item.supplied,
+                        unknown=item.unknown, ignored=item.ignored, ok=item.ok, status=item.status,
+                        error=item.error, round_no=round_no,
+                    )
+                )  # fmt: skip
                 if item.sent is not None:
                     outcome.backend_calls.append({"name": item.name, "status": item.status, "arguments": item.sent})
                 payload["messages"].append({"role": "tool", "tool_call_id": item.tool_call_id, "content": content})

@@ -41,6 +41,7 @@ from gengate.providers.offline import count_tokens
 from gengate.providers.routing import RouteLog, deployment_label
 from gengate.settings import GuardRule
 from gengate.store.db import KeyRecord
+from gengate.telemetry.trace_steps import ATTEMPT, attempt_steps
 from gengate.telemetry.traces import TraceRecord
 from gengate.types import Principal, Usage
 
@@ -74,8 +75,12 @@ class Call:
     async def settle(self, usage: Usage | None, route: RouteLog) -> None:
         """Record the actual cost against the reservation (zero when nothing was served)."""
         trace = self.trace
-        trace.attempts = len(route.attempts)
-        trace.fallbacks = route.fallbacks
+        if route.attempts:
+            # An app request routes its own model calls (one log per tool round) and leaves this one empty.
+            trace.attempts = len(route.attempts)
+            trace.fallbacks = route.fallbacks
+            # Settling may run twice (an output check failing after the answer was settled): keep one copy.
+            trace.steps = [s for s in trace.steps if s["kind"] != ATTEMPT] + attempt_steps(route.attempts)
         for attempt in route.attempts:
             if not attempt.ok:
                 self.gateway.metrics.upstream_errors.labels(attempt.deployment).inc()

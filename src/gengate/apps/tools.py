@@ -78,6 +78,9 @@ class ToolOutcome:
     error: str | None = None
     # The arguments the backend received (bound values included); None when the call never reached a backend.
     sent: dict[str, Any] | None = None
+    # Names (never values) of the arguments the model supplied: declared ones kept, undeclared ones dropped.
+    supplied: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
 
     def message(self) -> dict[str, Any]:
         """The `role: tool` chat message answering this call."""
@@ -546,7 +549,11 @@ async def _run_one(
     resolved = resolve_arguments(spec, arguments, principal)
     result = await executor.call(spec, resolved, principal)
     sent = resolved.arguments if result.status is not None else None  # a status means the backend answered
-    return ToolOutcome(call_id, name, result.content, resolved.ignored, result.ok, result.status, result.error, sent)
+    supplied = [key for key in resolved.arguments if key not in spec.bound]
+    return ToolOutcome(
+        call_id, name, result.content, resolved.ignored, result.ok, result.status, result.error, sent, supplied,
+        list(resolved.unknown),
+    )  # fmt: skip
 
 
 async def run_tool_calls(

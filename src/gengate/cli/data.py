@@ -34,6 +34,7 @@ def purge(config_path: str | None) -> None:
         click.echo(f"app {name}: {kept}", err=True)
     click.echo(f"responses deleted: {counts.responses}")
     click.echo(f"feedback deleted: {counts.feedback}")
+    click.echo(f"trace steps deleted: {counts.trace_steps}")
 
 
 @data.command("forget")
@@ -41,7 +42,7 @@ def purge(config_path: str | None) -> None:
 @click.option("--subject", required=True, help="The person: a JWT subject, a key's user, or key:<id>.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def forget(config_path: str | None, subject: str, yes: bool) -> None:
-    """Delete one person's answers, feedback and guard findings; anonymise their request-log rows."""
+    """Delete one person's answers, feedback, guard findings and trace steps; anonymise their request-log rows."""
     settings = settings_or_exit(config_path)
     if not yes:
         click.confirm(f"Delete everything kept about {subject!r}?", abort=True)
@@ -49,4 +50,5 @@ def forget(config_path: str | None, subject: str, yes: bool) -> None:
     click.echo(f"responses deleted: {counts.responses}")
     click.echo(f"feedback deleted: {counts.feedback}")
     click.echo(f"guard findings deleted: {counts.guard_findings}")
+    click.echo(f"trace steps deleted: {counts.trace_steps}")
     click.echo(f"requests anonymised: {counts.requests_anonymised}")

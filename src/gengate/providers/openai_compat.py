@@ -85,11 +85,14 @@ class OpenAICompatProvider:
         return aiohttp.ClientTimeout(total=seconds, sock_connect=self._settings.connect_timeout)
 
     async def _raise_for(self, resp: aiohttp.ClientResponse) -> None:
-        message = f"upstream {self.name} answered HTTP {resp.status}"
+        message = summary = f"upstream {self.name} answered HTTP {resp.status}"
+        status = resp.status
         if resp.status in _CREDENTIALS_REFUSED:
             # gengate's own upstream key or deployment is wrong, not the client's: a 502 the routing moves past
             # without retrying. The upstream's text is dropped, as it may quote part of the key.
-            raise UpstreamError(f"{message}: gengate's credentials for it were refused", retryable=False)
+            raise UpstreamError(
+                f"{message}: gengate's credentials for it were refused", retryable=False, upstream_status=status
+            )
         raw = await resp.content.read(_MAX_ERROR_BODY)
         body: dict[str, Any] | None = None
         try:
@@ -105,13 +108,18 @@ class OpenAICompatProvider:
         if resp.status == 404:
             # The alias exists (gengate checked it), so a 404 means this deployment's model or path is wrong in
             # gengate's configuration: move on to the next deployment; the client sees a 502 if none answers.
-            raise UpstreamError(f"{message} (deployment model or path not found upstream)", retryable=False)
+            raise UpstreamError(
+                f"{message} (deployment model or path not found upstream)",
+                retryable=False,
+                upstream_status=status,
+                summary=f"{summary} (deployment model or path not found upstream)",
+            )
         if resp.status == 429:
             # Retried and failed over like a 5xx; if every deployment keeps refusing, the client gets the 429.
-            raise UpstreamRejected(message, status=429, body=body)
+            raise UpstreamRejected(message, status=429, body=body, summary=summary)
         if resp.status in _RETRYABLE or resp.status >= 500:
-            raise UpstreamError(message, retryable=True)
-        raise UpstreamRejected(message, status=resp.status, body=body)
+            raise UpstreamError(message, retryable=True, upstream_status=status, summary=summary)
+        raise UpstreamRejected(message, status=status, body=body, summary=summary)
 
     async def _post_json(self, operation: str, call: UpstreamCall) -> dict[str, Any]:
         body = orjson.dumps(call.payload)

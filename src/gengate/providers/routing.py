@@ -30,15 +30,20 @@ from gengate.settings import Deployment, ModelAlias, RoutingSettings
 # `Attempt.error` markers that steer what is tried next (None: retry this deployment after a backoff).
 _FATAL = "fatal"  # the upstream refused the request itself: stop, another deployment would refuse it too
 _SKIP = "skip"  # retrying this deployment cannot help: go straight to the next one
+MESSAGE_CHARS = 200  # an attempt's error summary is cut to this many characters
 
 
 @dataclass
 class Attempt:
-    """One try at one deployment."""
+    """One try at one deployment: how it ended, for routing (`error`, a marker) and for the trace (the rest)."""
 
     deployment: str
     ok: bool
     error: str | None = None
+    code: str | None = None  # the error's code (`bad_gateway`, `upstream_timeout`, …)
+    status: int | None = None  # the upstream's HTTP status, when it answered
+    message: str | None = None  # a short summary, never what the upstream wrote
+    latency_ms: float | None = None
 
 
 @dataclass
@@ -207,6 +212,7 @@ class Router:
         errors: list[UpstreamError] = []
         async for dep in self._attempts(name, log):
             provider, call = self._call(dep, payload, request_id)
+            started = time.perf_counter()
             try:
                 body: dict[str, Any] = await (
                     provider.complete(call) if operation == "complete" else provider.embed(call)
@@ -214,10 +220,10 @@ class Router:
             except UpstreamError as exc:
                 errors.append(exc)
                 self._record(dep, ok=_healthy_despite(exc))
-                log.attempts.append(_failed_attempt(dep, exc))
+                log.attempts.append(_failed_attempt(dep, exc, started))
                 continue
             self._record(dep, ok=True)
-            log.attempts.append(Attempt(deployment_label(dep), True))
+            log.attempts.append(Attempt(deployment_label(dep), True, latency_ms=_since(started)))
             log.deployment = dep
             return body
         raise self._final_error(errors, name)
@@ -229,6 +235,7 @@ class Router:
         errors: list[UpstreamError] = []
         async for dep in self._attempts(name, log):
             provider, call = self._call(dep, payload, request_id)
+            started = time.perf_counter()
             stream = provider.stream(call)
             try:
                 first = await anext(stream)
@@ -238,13 +245,13 @@ class Router:
                 exc = err
             else:
                 self._record(dep, ok=True)
-                log.attempts.append(Attempt(deployment_label(dep), True))
+                log.attempts.append(Attempt(deployment_label(dep), True, latency_ms=_since(started)))
                 log.deployment = dep
                 return first, stream
             await _aclose(stream)
             errors.append(exc)
             self._record(dep, ok=_healthy_despite(exc))
-            log.attempts.append(_failed_attempt(dep, exc))
+            log.attempts.append(_failed_attempt(dep, exc, started))
         raise self._final_error(errors, name)
 
     def report_stream_failure(self, dep: Deployment) -> None:
@@ -252,13 +259,20 @@ class Router:
         self._record(dep, ok=False)
 
 
-def _failed_attempt(dep: Deployment, exc: UpstreamError) -> Attempt:
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _failed_attempt(dep: Deployment, exc: UpstreamError, started: float) -> Attempt:
     """The log entry of a failure, marked with what should be tried next."""
     if isinstance(exc, UpstreamRejected) and not exc.retryable:
         marker: str | None = _FATAL
     else:
         marker = None if exc.retryable else _SKIP
-    return Attempt(deployment_label(dep), False, marker)
+    return Attempt(
+        deployment_label(dep), False, marker, code=exc.code or exc.type, status=exc.upstream_status,
+        message=exc.summary[:MESSAGE_CHARS], latency_ms=_since(started),
+    )  # fmt: skip
 
 
 def _healthy_despite(exc: UpstreamError) -> bool:

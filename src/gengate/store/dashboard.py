@@ -32,11 +32,13 @@ from gengate.store.schema import (
     kb_documents,
     requests,
     responses,
+    trace_steps,
     ui_rollup_apps,
     ui_rollup_keys,
     ui_rollup_requests,
 )
 from gengate.store.ui_rollups import HOUR
+from gengate.telemetry.trace_steps import from_row
 
 StatusFilter = Literal["ok", "errors", "blocked"]
 _CURSOR = re.compile(r"^(\d{1,12}(?:\.\d{1,20})?)~([A-Za-z0-9._:-]{1,64})$")
@@ -96,6 +98,8 @@ class TraceDetail:
     sources: list[dict[str, Any]]  # cited documents with their title and access list
     feedback: list[dict[str, Any]]
     key_name: str | None
+    # Routing attempts, retrieved chunks and tool calls, in order (gengate.telemetry.trace_steps).
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
 
 def percentile(bucket: Bucket, q: float) -> float | None:
@@ -283,7 +287,7 @@ class DashboardQueries:
         return rows, make_cursor(rows[-1]) if more and rows else None
 
     async def trace(self, request_id: str, team: str | None) -> TraceDetail | None:
-        """One request with its findings, response record, cited sources and feedback; None when it does not
+        """One request with its findings, steps, response record, cited sources and feedback; None when it does not
         exist or belongs to another team (the two are indistinguishable on purpose)."""
         query = sa.select(requests).where(requests.c.id == request_id)
         if team is not None:
@@ -313,12 +317,19 @@ class DashboardQueries:
                     )
                 ).all()
             ]
+            step = trace_steps.c
+            steps = [
+                from_row(_plain(x))
+                for x in (
+                    await conn.execute(sa.select(trace_steps).where(step.request_id == request_id).order_by(step.seq))
+                ).all()
+            ]
             key_name = None
             if request.get("key_id"):
                 key_name = (
                     await conn.execute(sa.select(api_keys.c.name).where(api_keys.c.id == request["key_id"]))
                 ).scalar()
-        return TraceDetail(request, findings, response, sources, events, key_name)
+        return TraceDetail(request, findings, response, sources, events, key_name, steps)
 
     async def _sources(self, conn: Any, response: dict[str, Any] | None) -> list[dict[str, Any]]:
         if response is None:

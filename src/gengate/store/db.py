@@ -28,6 +28,7 @@ from gengate.store.schema import (
     requests,
     responses,
     schema_version,
+    trace_steps,
 )
 
 
@@ -166,14 +167,14 @@ class Store:
 
     async def write_requests(
         self, rows: Sequence[dict[str, Any]], findings: Sequence[dict[str, Any]] = (),
-        answers: Sequence[dict[str, Any]] = (),
+        answers: Sequence[dict[str, Any]] = (), steps: Sequence[dict[str, Any]] = (),
     ) -> None:  # fmt: skip
-        """Insert a batch of trace records (with their guard findings and responses) in one transaction.
+        """Insert a batch of trace records (with their guard findings, responses and steps) in one transaction.
 
         Text is fitted to the columns first (see `schema.fit`): the log keeps what a client sent (a model name, a
         question), and on PostgreSQL one unstorable value would otherwise hold up every record queued after it.
         """
-        if rows or findings or answers:
+        if rows or findings or answers or steps:
             async with self.engine.begin() as conn:
                 if rows:
                     await conn.execute(requests.insert(), fit(requests, rows))
@@ -181,10 +182,18 @@ class Store:
                     await conn.execute(guard_findings.insert(), fit(guard_findings, findings))
                 if answers:
                     await conn.execute(responses.insert(), fit(responses, answers))
+                if steps:
+                    await conn.execute(trace_steps.insert(), fit(trace_steps, steps))
 
     async def findings_for(self, request_id: str) -> list[dict[str, Any]]:
         """Guard findings recorded for one request."""
         query = sa.select(guard_findings).where(guard_findings.c.request_id == request_id).order_by(guard_findings.c.id)
+        async with self.engine.connect() as conn:
+            return [_plain(r) for r in (await conn.execute(query)).all()]
+
+    async def steps_for(self, request_id: str) -> list[dict[str, Any]]:
+        """The trace steps (routing attempts, retrieved chunks, tool calls) of one request, in order."""
+        query = sa.select(trace_steps).where(trace_steps.c.request_id == request_id).order_by(trace_steps.c.seq)
         async with self.engine.connect() as conn:
             return [_plain(r) for r in (await conn.execute(query)).all()]
 

@@ -2,8 +2,8 @@
 
 Owns: every query on `feedback` (and the reads of `responses` that feedback needs), the aggregates that
 dashboards and A/B experiments read, and the deletions that retention and "forget this person" make across
-`responses`, `feedback`, `guard_findings` and `requests`. Must not: know about HTTP, settings or callers — it
-takes cut-off times and subjects, never policies.
+`responses`, `feedback`, `guard_findings`, `trace_steps` and `requests`. Must not: know about HTTP, settings or
+callers — it takes cut-off times and subjects, never policies.
 
 Thumbs and scores are *latest wins*: when one person changes their mind about one answer (thumbs up, later
 thumbs down, each with its own event id), aggregates count only their newest thumbs — and their newest score —
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gengate.store.schema import feedback, fit, guard_findings, requests, responses
+from gengate.store.schema import feedback, fit, guard_findings, requests, responses, trace_steps
 
 EventKey = tuple[str, str]  # (request_id, event_id): what makes an event unique
 
@@ -101,6 +101,7 @@ class PurgeCounts:
 
     responses: int = 0
     feedback: int = 0
+    trace_steps: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class ForgetCounts:
     responses: int = 0
     feedback: int = 0
     guard_findings: int = 0
+    trace_steps: int = 0
     requests_anonymised: int = 0
 
 
@@ -316,22 +318,25 @@ class FeedbackStore:
                     others,
                 )
             )
-        deleted_r = deleted_f = 0
+        deleted_r = deleted_f = deleted_s = 0
         for in_app, in_app_f, cutoff in scopes:
             expired = sa.select(responses.c.request_id).where(in_app, responses.c.ts < cutoff)
             async with self.engine.begin() as conn:
                 result = await conn.execute(sa.delete(feedback).where(feedback.c.request_id.in_(expired)))
                 deleted_f += result.rowcount
+                # The steps say what was looked up and called for the answer (documents, tools): they go with it.
+                result = await conn.execute(sa.delete(trace_steps).where(trace_steps.c.request_id.in_(expired)))
+                deleted_s += result.rowcount
                 result = await conn.execute(sa.delete(responses).where(in_app, responses.c.ts < cutoff))
                 deleted_r += result.rowcount
                 # Feedback whose answer is gone already (forgotten, or never written) expires on its own time.
                 result = await conn.execute(sa.delete(feedback).where(in_app_f, feedback.c.ts < cutoff))
                 deleted_f += result.rowcount
-        return PurgeCounts(responses=deleted_r, feedback=deleted_f)
+        return PurgeCounts(responses=deleted_r, feedback=deleted_f, trace_steps=deleted_s)
 
     async def forget(self, subject: str) -> ForgetCounts:
-        """Delete one person's answers, their feedback and the guard findings of their requests; keep their
-        request-log rows (cost, tokens, latency) with the subject removed. One transaction."""
+        """Delete one person's answers, their feedback and the guard findings and trace steps of their requests;
+        keep their request-log rows (cost, tokens, latency) with the subject removed. One transaction."""
         their_requests = sa.select(requests.c.id).where(requests.c.subject == subject)
         their_answers = sa.select(responses.c.request_id).where(responses.c.subject == subject)
         async with self.engine.begin() as conn:
@@ -340,6 +345,11 @@ class FeedbackStore:
                     sa.or_(
                         guard_findings.c.request_id.in_(their_requests), guard_findings.c.request_id.in_(their_answers)
                     )
+                )
+            )
+            steps = await conn.execute(
+                sa.delete(trace_steps).where(
+                    sa.or_(trace_steps.c.request_id.in_(their_requests), trace_steps.c.request_id.in_(their_answers))
                 )
             )
             events = await conn.execute(
@@ -351,5 +361,5 @@ class FeedbackStore:
             logged = await conn.execute(sa.update(requests).where(requests.c.subject == subject).values(subject=None))
         return ForgetCounts(
             responses=answers.rowcount, feedback=events.rowcount, guard_findings=findings.rowcount,
-            requests_anonymised=logged.rowcount,
+            trace_steps=steps.rowcount, requests_anonymised=logged.rowcount,
         )  # fmt: skip

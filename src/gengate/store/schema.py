@@ -346,6 +346,21 @@ _ui_indexes = (
 )
 
 
+# -- trace steps (v7): each routing attempt, retrieved chunk and tool call of a request, for its trace ------------
+
+trace_steps = sa.Table(
+    "trace_steps",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),  # the step's place in the request (0, 1, …)
+    sa.Column("kind", sa.String(16), nullable=False),  # attempt | retrieval | tool
+    # JSON (gengate.telemetry.trace_steps): names, statuses, scores, access lists; never a payload or a value.
+    sa.Column("detail", sa.Text, nullable=False, default="{}"),
+)
+sa.Index("ix_trace_steps_request", trace_steps.c.request_id, trace_steps.c.seq)
+
+
 def fit(table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Rows with their text made storable on both databases: NUL replaced by U+FFFD, strings cut to the column's
     length. SQLite stores either as given; PostgreSQL refuses both, and one such row (a client's 300-character
@@ -390,6 +405,10 @@ def _v6(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _v7(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[trace_steps])
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6)
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7)
 ]  # fmt: skip

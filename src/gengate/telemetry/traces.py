@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from gengate.store.db import Store
 from gengate.telemetry.metrics import Metrics
+from gengate.telemetry.trace_steps import step_rows
 
 log = logging.getLogger("gengate.traces")
 
@@ -50,9 +51,12 @@ class TraceRecord:
     # What an app (or model) answered, for the outer loop: written to `responses` with the record's identity,
     # cost and latency. Payload fields are already reduced to the app's payload setting (full/redacted/none).
     response: dict[str, Any] | None = None
+    # What the request did on its way (gengate.telemetry.trace_steps): routing attempts, retrieved chunks, tool
+    # calls. Written to `trace_steps`, in order.
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
 
-_FIELDS = tuple(f.name for f in fields(TraceRecord) if f.name not in ("findings", "response"))
+_FIELDS = tuple(f.name for f in fields(TraceRecord) if f.name not in ("findings", "response", "steps"))
 
 
 def _transient(exc: BaseException) -> bool:
@@ -134,6 +138,7 @@ class TraceWriter:
         await self._store.write_requests(
             [_row(r) for r in batch], [f for r in batch for f in r.findings],
             [response_row(r) for r in batch if r.response is not None],
+            [row for r in batch if r.steps for row in step_rows(r.id, r.steps)],
         )  # fmt: skip
 
     async def _write_one_by_one(self, batch: list[TraceRecord]) -> list[TraceRecord]:

@@ -10,6 +10,7 @@ from gengate.dashboard.html import Html, esc, join, link, meta, num, page, rende
 from gengate.dashboard.web import Ctx, choice_param, text_param
 from gengate.errors import NotFound
 from gengate.store.dashboard import DashboardQueries, RequestFilter, parse_cursor
+from gengate.telemetry.trace_steps import ATTEMPT, RETRIEVAL, TOOL
 
 PAGE_SIZE = 50
 STATUSES = ("ok", "errors", "blocked")
@@ -141,8 +142,57 @@ def _response(ctx: Ctx, response: dict[str, Any] | None, sources: list[dict[str,
     return join([meta(items), cited])
 
 
+def _attempts(steps: list[dict[str, Any]]) -> Html:
+    rows = []
+    for n, a in enumerate((s for s in steps if s["kind"] == ATTEMPT), 1):
+        result = render('<span class="ok">{t}</span>', t="answered") if a.get("ok") else _bad("failed")
+        rows.append([
+            n, "—" if a.get("round") is None else int(a["round"]) + 1, a.get("deployment") or "—", result,
+            a.get("code") or "", "" if a.get("status") is None else a["status"], a.get("message") or "",
+            num(a.get("latency_ms"), 1),
+        ])  # fmt: skip
+    return table(["Attempt", "Model call", "Deployment", "Result", "Error code", "Upstream status", "Error",
+                  "Latency ms"], rows, caption="Each try at a deployment, in order (retries and fallbacks)",
+                 numeric=(0, 1, 7), empty="No upstream was tried.")  # fmt: skip
+
+
+def _retrieved(ctx: Ctx, steps: list[dict[str, Any]]) -> Html:
+    rows = [
+        [c.get("rank"), c.get("kb"), link(url(f"{ctx.plane.prefix}/knowledge/{c.get('kb')}/document",
+                                              id=c.get("doc_id")), c.get("doc_id")),
+         c.get("version"), c.get("title") or "—", c.get("chunk_id"), f"{float(c.get('score') or 0):.3f}",
+         ", ".join(c.get("access") or []) or "nobody",
+         _bad("dropped by the context guard") if c.get("dropped") else "used"]
+        for c in steps if c["kind"] == RETRIEVAL
+    ]  # fmt: skip
+    return table(["Rank", "Knowledge base", "Document", "Version", "Title", "Chunk", "Score", "Access list",
+                  "Context"], rows, caption="Chunks retrieved with the caller's access, and who may read them",
+                 numeric=(0, 3, 5, 6), empty="No chunk was retrieved.")  # fmt: skip
+
+
+def _tools(steps: list[dict[str, Any]]) -> Html:
+    rows = []
+    for t in (s for s in steps if s["kind"] == TOOL):
+        bound = ", ".join(f"{b.get('name')} ← {b.get('source')}" for b in t.get("bound") or []) or "—"
+        arguments = [*(t.get("arguments") or []), *(f"{u} (undeclared, dropped)" for u in t.get("unknown") or [])]
+        ignored = ", ".join(t.get("ignored") or [])
+        status = "" if t.get("status") is None else f" (HTTP {t['status']})"
+        result = (render('<span class="ok">{t}</span>', t="ok" + status) if t.get("ok")
+                  else _bad(t.get("error") or "failed" + status))  # fmt: skip
+        rows.append([int(t.get("round") or 0) + 1, t.get("tool") or "—", bound, ", ".join(arguments) or "—",
+                     _bad(ignored) if ignored else "—", result])  # fmt: skip
+    return table(["Model call", "Tool", "Bound parameters ← source", "Model arguments", "Ignored (bound) keys",
+                  "Result"], rows, caption="Tools the app called: bound values come from the caller, never the model",
+                 numeric=(0,), empty="No tool was called.")  # fmt: skip
+
+
+def _bad(text: object) -> Html:
+    return render('<span class="bad">{t}</span>', t=text)
+
+
 async def trace(ctx: Ctx) -> Response:
-    """One request: principal, routing, attempts, guard findings per stage, the app's response, cost."""
+    """One request: principal, routing and each attempt, guard findings per stage, retrieved chunks, tool calls,
+    the app's response, cost."""
     request_id = ctx.request.path_params["request_id"]
     detail = await DashboardQueries(ctx.gateway.store.engine).trace(request_id, ctx.viewer.team)
     if detail is None:
@@ -172,11 +222,13 @@ async def trace(ctx: Ctx) -> Response:
     body = render(
         '<p><a href="{back}">← Requests</a> · <span class="mono">{id}</span> · {when}</p>'
         "<h2>Principal</h2>{principal}<h2>Routing and retries</h2>{routing}<h2>Outcome and cost</h2>{cost}"
-        "<h2>Guard findings by stage</h2>{findings}<h2>App response</h2>{response}<h2>Feedback</h2>{feedback}"
-        "{note}",
+        "<h2>Routing attempts</h2>{attempts}<h2>Guard findings by stage</h2>{findings}"
+        "<h2>Retrieved chunks</h2>{chunks}<h2>Tool calls</h2>{tools}<h2>App response</h2>{response}"
+        "<h2>Feedback</h2>{feedback}",
         back=f"{ctx.plane.prefix}/requests", id=r["id"], when=ts(r["ts"]), principal=principal, routing=routing,
-        cost=cost, findings=_findings(detail.findings), response=_response(ctx, detail.response, detail.sources),
+        cost=cost, attempts=_attempts(detail.steps), findings=_findings(detail.findings),
+        chunks=_retrieved(ctx, detail.steps), tools=_tools(detail.steps),
+        response=_response(ctx, detail.response, detail.sources),
         feedback=table(["Time (UTC)", "Kind", "Value", "Comment"], events, empty="No feedback."),
-        note=render('<p class="muted">{t}</p>', t="The log keeps cited sources, not each retrieved chunk or tool."),
     )  # fmt: skip
     return page(f"Trace {request_id}", body, ctx.shell, active="/requests")
