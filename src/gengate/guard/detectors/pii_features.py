@@ -10,17 +10,24 @@ values are plain strings; the tagger maps them to weight rows. Pure: the gazette
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 
 from gengate.guard.detectors.pii_names import COMMON_WORDS, HONORIFICS, ORG_WORDS, Gazetteer
 
-_TOKEN = re.compile(
-    r"(?:https?://|www\.)[^\s<>\"'()]*[^\s<>\"'().,;:!?]"  # a URL (not its trailing punctuation)
-    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # an e-mail address
-    r"|[^\W\d_]+(?:['’](?![sS]\b)[^\W\d_]+)*"  # a word; O'Brien stays whole, a possessive 's does not
-    r"|\d+"
-    r"|\S"
-)
+_URL = r"(?:https?://|www\.)[^\s<>\"'()]*[^\s<>\"'().,;:!?]"  # a URL (not its trailing punctuation)
+_EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # an e-mail address
+_WORD = r"[^\W\d_]+(?:['’](?![sS]\b)[^\W\d_]+)*"  # a word; O'Brien stays whole, a possessive 's does not
+_TOKEN = re.compile(rf"{_URL}|{_EMAIL}|{_WORD}|\d+|\S")
+# The same alternation without the URL and e-mail branches, which are tried (and fail) at every token start: a
+# text with no "@" holds no e-mail address and one with neither "://" nor "www." no URL, and dropping a branch
+# that cannot match anywhere leaves every match of the others (and so the tokens) unchanged.
+_TOKEN_VARIANTS = {
+    (True, True): _TOKEN,
+    (True, False): re.compile(rf"{_URL}|{_WORD}|\d+|\S"),
+    (False, True): re.compile(rf"{_EMAIL}|{_WORD}|\d+|\S"),
+    (False, False): re.compile(rf"{_WORD}|\d+|\S"),
+}
 # Street types and building parts, also the cue words of the rule-based recognizers (pii_names).
 _STREET_TYPES_TEXT = """
 street st avenue ave av road rd drive dr lane ln way boulevard blvd court ct place pl terrace tce crescent cres parade
@@ -39,10 +46,13 @@ rue via viale corso piazza calle avenida rua travessa largo ulica ul rambla pase
 impasse praça plac aleja al
 """
 _STREET_PREFIXES = frozenset(_STREET_PREFIX_TEXT.split())
-_STREET_ENDING = re.compile(
-    r".{2,}(?:vej|gade|gatan|gata|vägen|väg|veien|vegen|vei|katu|tie|kuja|polku|straße|strasse|str|weg|laan|straat"
-    r"|plein|gasse|allee|allé|utca|gränd|stræde|stien|bakken|vænget|torget|torv|plads|dreef|singel|kade)"
+_STREET_ENDINGS_TEXT = (
+    "vej|gade|gatan|gata|vägen|väg|veien|vegen|vei|katu|tie|kuja|polku|straße|strasse|str|weg|laan|straat"
+    "|plein|gasse|allee|allé|utca|gränd|stræde|stien|bakken|vænget|torget|torv|plads|dreef|singel|kade"
 )
+_STREET_ENDING = re.compile(rf".{{2,}}(?:{_STREET_ENDINGS_TEXT})")
+# A word must end with one of these for `_STREET_ENDING` to match it; `str.endswith` rules out most words in C.
+_STREET_SUFFIXES = tuple(_STREET_ENDINGS_TEXT.split("|"))
 _UNIT_TEXT = "apt apartment suite ste unit flat level floor fl box po psc gpo bag lot"
 _UNIT_WORDS = frozenset(_UNIT_TEXT.split())
 _CALENDAR_TEXT = """
@@ -54,7 +64,16 @@ _CALENDAR = frozenset(_CALENDAR_TEXT.split())
 
 def tokenize(text: str) -> list[tuple[int, int]]:
     """Character spans of the tokens of `text`."""
-    return [m.span() for m in _TOKEN.finditer(text)]
+    regex = _TOKEN_VARIANTS["://" in text or "www." in text, "@" in text]
+    return [m.span() for m in regex.finditer(text)]
+
+
+# ASCII letters and digits to their classes (the other ASCII characters stand for themselves).
+_ASCII_CLASSES = str.maketrans(
+    {**dict.fromkeys(string.ascii_uppercase, "X"), **dict.fromkeys(string.ascii_lowercase, "x")}
+    | dict.fromkeys(string.digits, "d")
+)
+MAX_CACHED_SHAPES = 10_000
 
 
 def _shape(token: str, cap: int) -> str:
@@ -63,6 +82,18 @@ def _shape(token: str, cap: int) -> str:
     last, run = "", 0
     for ch in token[:16]:
         c = "X" if ch.isupper() else "x" if ch.islower() else "d" if ch.isdigit() else ch
+        run = run + 1 if c == last else 1
+        last = c
+        if run <= cap:
+            out.append(c)
+    return "".join(out)
+
+
+def _cut_runs(classes: str, cap: int) -> str:
+    """`classes` with runs of one character cut to `cap` repeats (the second half of `_shape`)."""
+    out: list[str] = []
+    last, run = "", 0
+    for c in classes:
         run = run + 1 if c == last else 1
         last = c
         if run <= cap:
@@ -98,32 +129,62 @@ class Featurizer:
         self._orgs = frozenset(w.strip(".,&()") for p in gazetteer.organisations for w in p.split()) | ORG_WORDS
         self._languages = frozenset(w for p in gazetteer.languages for w in p.split())
         self._jobs = frozenset(w for p in gazetteer.jobs for w in p.split()) - COMMON_WORDS
+        self._shapes: dict[str, tuple[str, str]] = {}
+
+    def shapes(self, token: str) -> tuple[str, str]:
+        """`_shape(token, 1)` and `_shape(token, 3)`. Both depend only on the character classes of the first 16
+        characters, which for ASCII one `str.translate` gives, so they are cached by that class string (few
+        distinct ones: "Xxxxx", "dd", ...); other tokens take the character loop."""
+        head = token[:16]
+        if not head.isascii():
+            return _shape(token, 1), _shape(token, 3)
+        classes = head.translate(_ASCII_CLASSES)
+        found = self._shapes.get(classes)
+        if found is None:
+            if len(self._shapes) >= MAX_CACHED_SHAPES:
+                self._shapes.clear()
+            found = self._shapes[classes] = (_cut_runs(classes, 1), _cut_runs(classes, 3))
+        return found
 
     def flags(self, low: str) -> tuple[str, ...]:
         """Gazetteer flags of a lower-cased word."""
         g = self.gazetteer
-        checks = (
-            ("F", low in g.first),
-            ("L", low in g.last),
-            ("P", low in self._places_whole),
-            ("Q", low in self._places_part),
-            ("O", low in self._orgs),
-            ("N", low in self._languages),
-            ("J", low in self._jobs),
-            ("C", low in COMMON_WORDS),
-            ("V", low in g.common),
-            ("H", low.rstrip(".") in HONORIFICS),
-            ("S", low in _STREET_TYPES),
-            ("R", low in _STREET_PREFIXES),
-            ("E", _STREET_ENDING.fullmatch(low) is not None),
-            ("U", low in _UNIT_WORDS),
-            ("M", low in _CALENDAR),
-        )
-        return tuple(name for name, hit in checks if hit)
+        out: list[str] = []
+        if low in g.first:
+            out.append("F")
+        if low in g.last:
+            out.append("L")
+        if low in self._places_whole:
+            out.append("P")
+        if low in self._places_part:
+            out.append("Q")
+        if low in self._orgs:
+            out.append("O")
+        if low in self._languages:
+            out.append("N")
+        if low in self._jobs:
+            out.append("J")
+        if low in COMMON_WORDS:
+            out.append("C")
+        if low in g.common:
+            out.append("V")
+        if low.rstrip(".") in HONORIFICS:
+            out.append("H")
+        if low in _STREET_TYPES:
+            out.append("S")
+        if low in _STREET_PREFIXES:
+            out.append("R")
+        if low.endswith(_STREET_SUFFIXES) and _STREET_ENDING.fullmatch(low) is not None:
+            out.append("E")
+        if low in _UNIT_WORDS:
+            out.append("U")
+        if low in _CALENDAR:
+            out.append("M")
+        return tuple(out)
 
     def word(self, token: str) -> WordInfo:
         """Form, identity and flags of one token."""
-        short = _shape(token, 1)
+        short, shape = self.shapes(token)
         if "@" in token and len(token) > 2:
             return WordInfo(("s=EMAIL",), "w=<email>", "@", ())
         if token.startswith(("http://", "https://", "www.")) and len(token) > 4:
@@ -139,11 +200,11 @@ class Featurizer:
                 form.append("year")
             return WordInfo(tuple(form), "w=<d>", short, ())
         low = token.lower()
-        form = [f"s={_shape(token, 3)}", f"ss={short}"]
+        form = [f"s={shape}", f"ss={short}"]
         if token[0].isalpha():
             if len(token) >= 4:
                 form += [f"p3={low[:3]}", f"x2={low[-2:]}", f"x3={low[-3:]}", f"x4={low[-4:]}"]
-            if any(ord(ch) > 0x24F for ch in token):
+            if not token.isascii() and any(ord(ch) > 0x24F for ch in token):
                 form.append("nonlatin")
             return WordInfo(tuple(form), f"w={low}", short, self.flags(low))
         return WordInfo(tuple(form), f"w={token}", short, ())

@@ -7,9 +7,10 @@ of the artifact's bytes. Features come from `pii_features` (shared with training
 
 Inference is pure Python plus numpy: the summed weights of each distinct token's features (and of its features
 as a neighbour, of word pairs and of layouts) are computed once and cached on the tagger, so a text's emission
-scores are a few gathers; exact Viterbi then costs one small numpy step per token. A span's score comes from
-the margin between the best path and the same path with the span called "outside". This module only proposes
-spans; `pii.PiiDetector` decides labels, overlaps and thresholds.
+scores are a few gathers; exact Viterbi then costs one small numpy step per token that is not provably
+"outside" (runs of those are passed in one step), with the back-pointers found in one batch afterwards. A
+span's score comes from the margin between the best path and the same path with the span called "outside". This
+module only proposes spans; `pii.PiiDetector` decides labels, overlaps and thresholds.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ import numpy.typing as npt
 from gengate.guard.detectors.pii_features import (
     Featurizer,
     WordInfo,
+    gap_kind,
     layout_features,
-    layout_key,
-    line_lengths,
     tokenize,
 )
 from gengate.guard.detectors.pii_names import Gazetteer
@@ -47,6 +47,7 @@ _CUT_LOOKBACK = 256
 MAX_CACHED_ROWS = 100_000  # summed-weight rows cached per tagger (~11 MB)
 _FORBIDDEN = -1e4  # transition score of an impossible tag bigram (O → I-x, B-x → I-y)
 _UNREACHABLE = -1e30
+_LINE_BREAKS = frozenset({"n", "N"})  # gap kinds that hold a line break
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +131,7 @@ class _Entry:
     """A token's cached rows of summed weights: its own features, and what it adds as a neighbour at offsets
     -2, -1, 1, 2 (rows of `PiiTagger._table`)."""
 
-    own: int
-    context: tuple[int, int, int, int]
+    rows: tuple[int, int, int, int, int]  # own, then as the neighbour at -2, -1, 1, 2
     ident: str
     short: str
 
@@ -153,6 +153,8 @@ class PiiTagger:
         self._end = model.end.astype(np.float32)
         self._scale = float(model.meta.get("score_scale", 1.0)) or 1.0
         self._bounds = _OutsideBounds(self._trans, self._start, self._end)
+        self._trans_t = np.ascontiguousarray(self._trans.T)
+        self._unreachable = np.full(len(self._trans), _UNREACHABLE, dtype=np.float32)
         # Cached sums of weight rows, one per distinct token, neighbour role, word pair or layout: a text's
         # emissions are then a handful of gathers instead of one per feature. Bounded (see `_emissions`).
         self._table = np.zeros((1024, len(model.transitions)), dtype=np.float32)  # row 0 stays zero
@@ -225,7 +227,7 @@ class PiiTagger:
                 ctx.append(f"{o}ss={info.short}")
                 ctx += [f"{o}g={f}" for f in info.flags]
             rows.append(self._row((str(o), token), ctx))
-        entry = _Entry(rows[0], (rows[1], rows[2], rows[3], rows[4]), info.ident if known else "?", info.short)
+        entry = _Entry((rows[0], rows[1], rows[2], rows[3], rows[4]), info.ident if known else "?", info.short)
         self._tokens[token] = entry
         return entry
 
@@ -239,43 +241,64 @@ class PiiTagger:
         # starts again (before the call, never during it) once it would pass MAX_CACHED_ROWS.
         if len(self._rows) + 8 * len(spans) > MAX_CACHED_ROWS:
             self._clear()
-        entries = [self._entry(text[a:b]) for a, b in spans]
+        tokens = self._tokens
+        entries = [tokens.get(w) or self._entry(w) for w in [text[a:b] for a, b in spans]]
         n = len(entries)
         edges = [0, *(b for _, b in spans)]
-        gaps = [text[edges[i] : spans[i][0]] for i in range(n)] + [text[edges[n] :]]
-        lines = line_lengths(gaps)
+        gaps = [text[e:a] for e, (a, _) in zip(edges, spans, strict=False)] + [text[edges[n] :]]
+        kinds = [("s" if g == " " else gap_kind(g)) for g in gaps]
+        idents = [e.ident for e in entries]
+        shorts = [e.short for e in entries]
         # Word pairs and bigrams are looked up in the model directly: in prose most are new and unknown, and
         # caching them would fill the cache with zero rows.
         index, zero = self.model.features, len(self.model.weights)
-        pairs: list[int] = []
-        bigrams: list[int] = []
-        layouts: list[int] = []
-        prev2, prev = "<s>", "<s>"
-        for t, entry in enumerate(entries):
-            pairs.append(index.get(f"pw|ss={prev}|{entry.short}", zero))
-            bigrams.append(index.get(f"pw2={prev2}|{prev}", zero))
-            where = layout_key(gaps, lines, t, entry.short)
-            row = self._layouts.get(where)
-            if row is None:
-                row = self._layouts[where] = self._row(("layout", *map(str, where)), layout_features(*where))
-            layouts.append(row)
-            prev2, prev = prev, entry.ident
+        prevs = ["<s>", *idents[:-1]]
+        pairs = [index.get(f"pw|ss={p}|{c}", zero) for p, c in zip(prevs, shorts, strict=False)]
+        bigrams = [index.get(f"pw2={p}|{q}", zero) for p, q in zip(["<s>", *prevs], prevs, strict=False)]
+        layouts = self._layout_rows(kinds, shorts)
         self._flush()
+        rows = np.array([e.rows for e in entries], dtype=np.intp).reshape(n, 5)
         table = self._table
-        em = table[[e.own for e in entries]]
+        em = table[rows[:, 0]]
         em += table[layouts]
         em += self._weights[pairs]
         em += self._weights[bigrams]
-        for slot, offset in enumerate((-2, -1, 1, 2)):
-            context = table[[e.context[slot] for e in entries]]
-            edge = table[self._edges[slot]]
+        for slot, offset in enumerate((-2, -1, 1, 2), start=1):
+            edge = table[self._edges[slot - 1]]
             if offset < 0:  # position t sees token t + offset (< t)
-                em[-offset:] += context[: n + offset]
+                em[-offset:] += table[rows[: n + offset, slot]]
                 em[: min(n, -offset)] += edge
             else:
-                em[: max(0, n - offset)] += context[offset:]
+                em[: max(0, n - offset)] += table[rows[offset:, slot]]
                 em[max(0, n - offset) :] += edge
         return em
+
+    def _layout_rows(self, kinds: list[str], shorts: list[str]) -> list[int]:
+        """The layout row of each token, from the kinds of the gaps around the tokens (`gap_kind`; one more gap
+        than tokens): the keys `layout_key` gives, built for all tokens at once."""
+        n = len(shorts)
+        breaks = [t for t in range(1, n) if kinds[t] in _LINE_BREAKS]
+        firsts = [False] * n
+        lasts = [False] * n
+        sizes: list[int] = []
+        begin = 0
+        for end in [*breaks, n]:
+            if end > begin:
+                count = end - begin
+                sizes += [count if count <= 3 else 5 if count <= 6 else 7] * count
+                firsts[begin] = lasts[end - 1] = True
+            begin = end
+        keys = list(zip(kinds, kinds[1:], firsts, lasts, sizes, shorts, strict=False))
+        cache = self._layouts
+        out = [cache.get(key, -1) for key in keys]
+        for t, row in enumerate(out):
+            if row < 0:
+                key = keys[t]
+                row = cache.get(key, -1)
+                if row < 0:
+                    row = cache[key] = self._row(("layout", *map(str, key)), layout_features(*key))
+                out[t] = row
+        return out
 
     def find(self, text: str) -> Iterator[TaggedSpan]:
         """Yield the spans of the best tag sequence, with their scores."""
@@ -288,44 +311,59 @@ class PiiTagger:
 
     def decode(self, emissions: F32) -> Iterator[tuple[int, int, int, float]]:
         """Spans (first token, last token, class, margin) of the Viterbi path. The margin is how much the path
-        loses if the span's tokens are called outside instead, the rest of the path unchanged (>= 0)."""
+        loses if the span's tokens are called outside instead, the rest of the path unchanged (>= 0).
+
+        The forward pass keeps only the best scores (three small numpy calls a step); the best predecessors of the
+        stepped positions are found afterwards in one batch, from the stored scores, by the same float32 sums and
+        the same first-maximum rule, so the path is the one a step-by-step argmax gives.
+        """
         n, tags = emissions.shape
         if n == 0:
             return
         trans = self._trans
         # Positions where "outside" provably wins are passed in one step per run (exact: see _OutsideBounds).
         forced = self._bounds.forced(emissions) if n > 2 else np.zeros(n, dtype=bool)
-        runs = _run_ends(forced.tolist())
+        forced_list = forced.tolist()
+        runs = _run_ends(forced_list)
         outside = np.concatenate([[0.0], np.cumsum(emissions[:, 0], dtype=np.float64)]).tolist()
-        unreachable = np.full(tags, _UNREACHABLE, dtype=np.float32)
         stay = float(trans[0, 0])
-        back: list[npt.NDArray[np.intp] | int] = [0] * n  # an array of best predecessors, or the one used
+        into_outside = trans[:, 0]
+        trans_t = self._trans_t  # scores[y, p] = trans[p, y] + alpha[p]: the reduction runs along rows
+        back: list[list[int] | int] = [0] * n  # best predecessors per tag, or the one a forced run came from
+        stepped: list[int] = []  # positions decoded by a full step
+        before: list[F32] = []  # the scores those steps started from
         scores = np.empty((tags, tags), dtype=np.float32)
-        columns = np.arange(tags)
-        alpha = self._start + emissions[0]
+        maximum = np.maximum.reduce  # `ndarray.max` without its Python-level wrapper
+        rows = list(emissions)
+        alpha = self._start + rows[0]
         t = 1
         while t < n:
             u = runs[t]
             if u > t:  # t .. u-1 are outside in every best path
-                into = alpha + trans[:, 0]
+                into = alpha + into_outside
                 came = int(into.argmax())
                 back[t] = came
-                alpha = unreachable.copy()
+                alpha = self._unreachable.copy()
                 alpha[0] = float(into[came]) + (outside[u] - outside[t]) + (u - t - 1) * stay
                 t = u
                 continue
-            np.add(alpha[:, None], trans, out=scores)
-            best = scores.argmax(axis=0)
-            back[t] = best
-            alpha = scores[best, columns] + emissions[t]
+            stepped.append(t)
+            before.append(alpha)
+            np.add(trans_t, alpha, out=scores)
+            alpha = maximum(scores, axis=1)
+            alpha += rows[t]
             t += 1
+        if stepped:
+            best = (np.array(before)[:, :, None] + trans).argmax(axis=1).tolist()
+            for t, step in zip(stepped, best, strict=True):
+                back[t] = step
         tag = int((alpha + self._end).argmax())
         path = [tag]
         for t in range(n - 1, 0, -1):
             # Inside a forced run the tag is outside; the run's first position records where it came from.
             step = back[t]
-            run_start = t == 1 or not forced[t - 1]
-            tag = int(step[tag]) if isinstance(step, np.ndarray) else (step if run_start else 0)
+            run_start = t == 1 or not forced_list[t - 1]
+            tag = step[tag] if isinstance(step, list) else step if run_start else 0
             path.append(tag)
         path.reverse()
         t = 0
