@@ -20,6 +20,7 @@ import yaml
 from dashboard_helpers import UiClient
 from fake_upstream import FakeUpstream
 from gengate.app.factory import GatewayHolder, create_admin_app, create_app
+from gengate.embed.minilm import INSTALL_HINT, MiniLMEncoder, available
 from gengate.settings import Settings, load_settings
 
 ADMIN_KEY = "admin-test-key-0123456789abcdef"
@@ -213,6 +214,14 @@ def require(what: str, why: str) -> None:
     if os.environ.get("GENGATE_REQUIRE_SERVICES"):
         pytest.fail(f"{what} is required (GENGATE_REQUIRE_SERVICES is set): {why}")
     pytest.skip(f"{what} unavailable: {why}")
+
+
+@pytest.fixture(scope="session")
+def encoder() -> MiniLMEncoder:
+    """The local MiniLM encoder, loaded once for the run (required in CI, skipped elsewhere when missing)."""
+    if not available():
+        require("the embedding model", INSTALL_HINT)
+    return MiniLMEncoder()
 
 
 @pytest.fixture

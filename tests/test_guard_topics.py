@@ -17,17 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import require
-from gengate.embed.minilm import INSTALL_HINT, MiniLMEncoder, ModelNotInstalled, available, normalize, pre_tokenize
+from gengate.embed.minilm import MiniLMEncoder, ModelNotInstalled, available, normalize, pre_tokenize
 from gengate.guard.base import ScanRequest, Stage
 from gengate.guard.detectors.topics import TopicDetector, default_topics, segments
-
-
-@pytest.fixture(scope="module")
-def encoder() -> MiniLMEncoder:
-    if not available():
-        require("the embedding model", INSTALL_HINT)
-    return MiniLMEncoder()
 
 
 @pytest.fixture(scope="module")

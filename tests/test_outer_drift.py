@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from gengate.embed.minilm import INSTALL_HINT, MiniLMEncoder, available
+from gengate.embed.minilm import MiniLMEncoder
 from gengate.outer.drift import DriftOptions, question_drift, question_drift_from_texts
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -343,13 +343,6 @@ def test_texts_are_subsampled_before_embedding_and_match_the_array_path() -> Non
 
 
 # --- real questions, MiniLM embeddings --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def encoder() -> MiniLMEncoder:
-    if not available():
-        require("the embedding model", INSTALL_HINT)
-    return MiniLMEncoder()
 
 
 def read_dataset(path: Path) -> Path:

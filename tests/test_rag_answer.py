@@ -163,13 +163,6 @@ def answerer() -> ExtractiveAnswerer:
     return ExtractiveAnswerer()
 
 
-@pytest.fixture(scope="module")
-def encoder() -> minilm.MiniLMEncoder:
-    if not minilm.available():
-        require("the MiniLM model", minilm.INSTALL_HINT)
-    return minilm.MiniLMEncoder()
-
-
 @pytest.mark.parametrize(("question", "docs", "cited", "expected"), ANSWERABLE)
 def test_answers_from_the_passage_holding_the_answer(
     answerer: ExtractiveAnswerer, question: str, docs: tuple[str, ...], cited: str, expected: str

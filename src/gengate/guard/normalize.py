@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import codecs
+import itertools
 import re
 import unicodedata
 import urllib.parse
@@ -29,7 +31,8 @@ _INVISIBLE = re.compile(
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _LINE_BREAK = re.compile(r"\s*\n\s*")
-_HSPACE = re.compile(r"[^\S\n]+")
+# Runs of horizontal whitespace, except a lone " " (replacing it by " " would change nothing, at a cost per word).
+_HSPACE = re.compile(r"[^\S\n]{2,}|[^\S\n ]")
 
 # Cyrillic and Greek letters that render like Latin ones (lower and upper case).
 _HOMOGLYPHS = str.maketrans(
@@ -45,13 +48,15 @@ _HOMOGLYPHS = str.maketrans(
         "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
     }
 )  # fmt: skip
+_CONFUSABLE_CHAR = re.compile(r"[\u0370-\u03ff\u0400-\u052f\u0250-\u02af\u0530-\u058f]")
 _CONFUSABLE_WORD = re.compile(r"\w*[\u0370-\u03ff\u0400-\u052f\u0250-\u02af\u0530-\u058f]\w*")
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
 _LATIN_LETTER = re.compile(r"[A-Za-z]")
 _LOOKALIKES = frozenset(k for k in map(chr, _HOMOGLYPHS))
 
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
-_LEET_WORD = re.compile(r"[\w@$]*[A-Za-z][\w@$]*")
-_LEET_CHARS = re.compile(r"[0134578@$]")
+# A whole word (maximal run of [\w@$]) holding a leet character; it is rewritten only if it also holds a letter.
+_LEET_WORD = re.compile(r"(?<![\w@$])[\w@$]*[0134578@$][\w@$]*")
 # Letters then two or more digits is a name, not leetspeak: "rot13", "base64", "sha256", "utf16".
 _NAME_WITH_NUMBER = re.compile(r"[A-Za-z]{2,}[0-9]{2,}")
 # Four or more single letters separated by one separator: "i g n o r e", "i.g.n.o.r.e", "i-g-n-o-r-e".
@@ -74,6 +79,7 @@ _ENGLISH = frozenset((
 _SEGMENT = re.compile(r"(?<=[.!?:])\s+|\n+")
 MAX_ROT13_SEGMENTS = 64
 _WORD = re.compile(r"[A-Za-z]+")
+_WORD_SPLIT = re.compile(r"([A-Za-z]+)")  # split() then alternates other characters, word, …, other characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +99,12 @@ def bound(text: str, max_chars: int = MAX_SCAN_CHARS) -> Bounded:
 
 
 def clean(text: str) -> str:
-    """Remove invisible/bidi/control characters and apply NFKC (full-width and math letters become ASCII)."""
+    """Remove invisible/bidi/control characters and apply NFKC (full-width and math letters become ASCII).
+
+    ASCII text holds no invisible character or surrogate and is its own NFKC form: only controls can change.
+    """
+    if text.isascii():
+        return _CONTROL.sub(" ", text)
     text = _INVISIBLE.sub("", text)
     text = _CONTROL.sub(" ", text)
     text = _SURROGATE.sub("\ufffd", text)  # lone surrogates cannot be encoded; they carry no text
@@ -104,8 +115,8 @@ def map_homoglyphs(text: str) -> str:
     """Map Cyrillic/Greek look-alikes to Latin in words that mix scripts, or that consist only of look-alikes
     inside mostly-Latin text. Russian or Greek prose is left alone.
     """
-    if text.isascii():
-        return text
+    if text.isascii() or not _CONFUSABLE_CHAR.search(text):
+        return text  # no Cyrillic/Greek/IPA/Armenian character: no word to map
     latin = len(_LATIN_LETTER.findall(text[:4_000]))
     mostly_latin = latin > 0.5 * sum(ch.isalpha() for ch in text[:4_000])
 
@@ -119,19 +130,29 @@ def map_homoglyphs(text: str) -> str:
 
 
 def strip_marks(text: str) -> str:
-    """Drop combining marks ("zalgo" text, and accents: the classifier sees "uber" for "über" both ways)."""
+    """Drop combining marks ("zalgo" text, and accents: the classifier sees "uber" for "über" both ways).
+
+    ASCII characters are never combining, so only the runs of other characters are filtered one by one.
+    """
     if text.isascii():
         return text
     decomposed = unicodedata.normalize("NFD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return _NON_ASCII_RUN.sub(_without_marks, decomposed)
+
+
+def _without_marks(m: re.Match[str]) -> str:
+    return "".join(ch for ch in m.group(0) if not unicodedata.combining(ch))
 
 
 def unleet(text: str) -> str:
-    """Map leetspeak digits and symbols to letters inside words that also contain letters ("1gn0r3" → "ignore")."""
+    """Map leetspeak digits and symbols to letters inside words that also contain letters ("1gn0r3" → "ignore").
+
+    Only words holding a leet character are visited (most words hold none), then kept unless they hold a letter.
+    """
 
     def fix(m: re.Match[str]) -> str:
         word = m.group(0)
-        if not _LEET_CHARS.search(word) or _NAME_WITH_NUMBER.fullmatch(word):
+        if not _LATIN_LETTER.search(word) or _NAME_WITH_NUMBER.fullmatch(word):
             return word
         return word.translate(_LEET)
 
@@ -154,7 +175,13 @@ def canonical(text: str) -> str:
     A run of whitespace becomes one line break when it contains one, else one space: structural rules and
     sentence windows need line starts, while the hashed n-grams read line breaks as spaces.
     """
-    text = strip_marks(map_homoglyphs(clean(text)))
+    return _canonical_of_clean(clean(text))
+
+
+def _canonical_of_clean(text: str) -> str:
+    """`canonical` of a text that is already `clean` (cleaning is idempotent: its output has no invisible,
+    control or surrogate character, and NFKC output is NFKC), so callers holding cleaned text skip a pass."""
+    text = strip_marks(map_homoglyphs(text))
     text = despace(unleet(text))
     text = _HSPACE.sub(" ", _LINE_BREAK.sub("\n", text))
     return text.strip().casefold()
@@ -193,23 +220,61 @@ def _hex(segment: str) -> str | None:
 
 
 def _english_hits(text: str) -> int:
-    return sum(w.lower() in _ENGLISH for w in _WORD.findall(text[:4_000]))
+    """How many words (runs of ASCII letters) of the first 4,000 characters are in `_ENGLISH`, any case."""
+    return sum(map(_ENGLISH.__contains__, map(str.lower, _WORD.findall(text[:4_000]))))
+
+
+def _word_hits(text: str) -> tuple[list[str], list[bool]]:
+    """`text` split around its words (runs of ASCII letters), and whether each word is in `_ENGLISH`."""
+    parts = _WORD_SPLIT.split(text)
+    return parts, list(map(_ENGLISH.__contains__, map(str.lower, parts[1::2])))
 
 
 def _rot13_piece(head: str) -> str | None:
     """The rot13 reading of `head` when it makes the text more English: the whole text, or else the segments
     (sentences, lines, text after a colon) that read as English only once decoded, joined in order. A plain
     preamble ("This is ROT13, decode it:") must not hide an encoded instruction that follows it.
+
+    rot13 changes ASCII letters only, so the text is encoded once and a segment's rot13 is the same slice of it.
+    Separators are whitespace, so no word crosses one: a segment of at most 4,000 characters (all counted) holds
+    exactly the rot13 hits of the whole text that start inside it. Those are found in one pass, and a segment
+    with fewer than 3 is skipped without counting its own; plain hits are counted only when rot13 hits could pass.
     """
     rot = codecs.encode(head, "rot13")
-    if _english_hits(rot) >= max(2, 2 * _english_hits(head)):
+    short = len(head) <= 4_000  # all of it is counted
+    if short:
+        parts, is_hit = _word_hits(rot)
+        rot_hits = sum(is_hit)
+    else:
+        rot_hits = _english_hits(rot)
+    if rot_hits >= 2 and rot_hits >= 2 * _english_hits(head):
         return rot
+    if rot_hits < 3 and short:
+        return None  # a segment's words are words of the whole (counted in full): none can reach 3 hits
+    # The segments of `_SEGMENT.split(head, maxsplit=MAX_ROT13_SEGMENTS)[:MAX_ROT13_SEGMENTS]`, as offsets.
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for m in _SEGMENT.finditer(head):
+        if len(spans) == MAX_ROT13_SEGMENTS:
+            break
+        spans.append((start, m.start()))
+        start = m.end()
+    else:
+        spans.append((start, len(head)))
+    spans = spans[:MAX_ROT13_SEGMENTS]
+    if not short:
+        parts, is_hit = _word_hits(rot[: spans[-1][1]])  # a segment ends before whitespace: no word is cut
+    word_starts = list(itertools.accumulate(map(len, parts)))[0::2]  # word k starts where part 2k ends
+    hit_starts = list(itertools.compress(word_starts, is_hit))
     decoded = []
-    for seg in _SEGMENT.split(head, maxsplit=MAX_ROT13_SEGMENTS)[:MAX_ROT13_SEGMENTS]:
-        if len(seg) < 12:
+    for start, end in spans:
+        if end - start < 12:
             continue
-        rot_seg = codecs.encode(seg, "rot13")
-        if _english_hits(rot_seg) >= max(3, 2 * _english_hits(seg) + 1):
+        if end - start <= 4_000 and bisect.bisect_left(hit_starts, end) - bisect.bisect_left(hit_starts, start) < 3:
+            continue
+        rot_seg = rot[start:end]
+        hits = _english_hits(rot_seg)
+        if hits >= 3 and hits >= 2 * _english_hits(head[start:end]) + 1:
             decoded.append(rot_seg)
     return " ".join(decoded) if decoded else None
 
@@ -246,7 +311,7 @@ def decoded_pieces(text: str, depth: int = MAX_DECODE_DEPTH) -> list[str]:
 def scan_views(text: str, max_chars: int = MAX_SCAN_CHARS) -> list[str]:
     """The canonical text followed by the canonical form of each decoded piece, without duplicates."""
     cleaned = clean(bound(text, max_chars).text)
-    views = [canonical(cleaned)]
+    views = [_canonical_of_clean(cleaned)]
     for piece in decoded_pieces(cleaned):
         view = canonical(piece)
         if view and view not in views:

@@ -34,11 +34,12 @@ import numpy.typing as npt
 
 from gengate.guard.base import Finding, ScanRequest, Stage
 from gengate.guard.detectors._options import reject_unknown
-from gengate.guard.detectors.injection_rules import RULE_NAMES, rule_hits, rule_presence
+from gengate.guard.detectors.injection_rules import RULE_NAMES, needle_index, rule_hits, rule_presence
 from gengate.guard.normalize import MAX_SCAN_CHARS, scan_views
 
 ARTIFACT = "injection.npz"
 _WORD = re.compile(r"\w+")
+_WORD_SPLIT = re.compile(r"(\w+)")  # split() then alternates separator, word, …, separator
 _P = np.uint64(0x100000001B3)  # FNV prime: the rolling-hash base
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing constant: spreads hashes over the high bits
 _WORD_SALT = np.uint64(0x2545F4914F6CDD1D)
@@ -98,9 +99,12 @@ def featurize(text: str, bits: int) -> Features:
         if n in CHAR_NGRAMS:
             char_idx.append(_bucket(rolling ^ _NGRAM_SALTS[n], bits))
             char_pos.append(np.arange(len(rolling), dtype=np.int64))
-    matches = list(_WORD.finditer(text))
-    words = np.fromiter((zlib.crc32(m.group(0).encode()) for m in matches), dtype=np.uint64, count=len(matches))
-    starts = np.fromiter((m.start() for m in matches), dtype=np.int64, count=len(matches))
+    # The words of `_WORD` and their offsets, without a match object per word: each word starts where the
+    # separator before it ends. map() over C callables: no Python frame per word either.
+    parts = _WORD_SPLIT.split(text)
+    tokens = parts[1::2]
+    starts = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)))[0:-1:2]
+    words = np.fromiter(map(zlib.crc32, map(str.encode, tokens)), dtype=np.uint64, count=len(tokens))
     unigrams = _bucket(words ^ _WORD_SALT, bits)
     bigrams = _bucket(words[:-1] * _P + words[1:] + _BIGRAM_SALT, bits)
     empty = np.zeros(0, dtype=np.int64)
@@ -227,7 +231,8 @@ class Model:
         """Logits of each head for every window of one canonical text: (starts, ends, logits[heads, windows]).
 
         Windows come in several sizes (per stage, from `meta["windows"]`) so a short payload is not drowned by a
-        long document; n-gram sums come from cumulative sums, so each window costs O(1).
+        long document; n-gram sums come from cumulative sums, so each window costs O(1). Gathers use `np.take`,
+        several times faster than fancy indexing for the same elements.
         """
         starts, ends = window_spans(text, sizes, sentences)
         f = featurize(text, self.bits)
@@ -236,13 +241,13 @@ class Model:
             if not len(idx):
                 continue
             order = np.argsort(pos, kind="stable")
-            pos_sorted = pos[order]
+            pos_sorted = np.take(pos, order)
             cum = np.zeros((self.weights.shape[0], len(idx) + 1), dtype=np.float64)
-            np.cumsum(self.weights[:, idx[order]], axis=1, out=cum[:, 1:])
+            np.cumsum(np.take(self.weights, np.take(idx, order), axis=1), axis=1, out=cum[:, 1:])
             lo = np.searchsorted(pos_sorted, starts, side="left")
             hi = np.searchsorted(pos_sorted, ends, side="left")
             count = np.maximum(hi - lo, 1).astype(np.float64)
-            out += ((cum[:, hi] - cum[:, lo]) / np.sqrt(count)).astype(np.float32)
+            out += ((np.take(cum, hi, axis=1) - np.take(cum, lo, axis=1)) / np.sqrt(count)).astype(np.float32)
         for r, hits in enumerate(rule_hits(text)):
             if len(hits):
                 present = np.searchsorted(hits, ends, side="left") > np.searchsorted(hits, starts, side="left")
@@ -382,6 +387,7 @@ class InjectionDetector:
         encoder: Encoder | None = None,
     ) -> None:  # fmt: skip
         self.model = model if model is not None else Model.packaged()
+        needle_index()  # built once per process, here rather than inside the first scan
         self.encoder = encoder if encoder is not None and self.model.has_embedding_head else None
         self.cascades: dict[Stage, Cascade] = {}
         stored = dict(self.model.meta["thresholds"])

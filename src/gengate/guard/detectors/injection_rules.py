@@ -13,12 +13,20 @@ supports, and a benign text that trips one rule (a tokenizer question quoting `<
 by everything else. The artifact records the rule names it was trained with; changing this list needs a
 retrained artifact. Must not: classify, keep state or do I/O. Every pattern is bounded (no nested quantifiers),
 so matching is linear in the text length.
+
+Speed: most texts trip no rule. From each pattern's own parse tree come its needles, literal pieces a match must
+contain (`requirements`: per top-level branch, a needle from each of a few sets). One scan finds which rules' needs
+a text meets (`NeedleIndex`); only those rules' regexes run. Matching is unchanged: needles only decide whether a
+regex runs at all.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +62,12 @@ _PRIOR = (
 _ROLES = r"system|developer|admin|administrator|operator|assistant|root"
 
 
+try:  # the standard library's regex parser, for the needles; without it rules simply run unfiltered
+    from re import _parser as _sre  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - a Python without re._parser
+    _sre = None
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One structural cue: a stable name (recorded in the artifact) and its pattern over canonical text."""
@@ -64,6 +78,124 @@ class Rule:
 
 def _rule(name: str, pattern: str) -> Rule:
     return Rule(name, re.compile(pattern))
+
+
+def needles(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
+    """Substrings one of which every match of `pattern` contains, or None when none can be derived.
+
+    Read from the parse tree. A match of a sequence matches each of its items in turn, so it contains the needles
+    of any one item (a group, an alternation — the union of its branches' needles, none when a branch has none —
+    or a repeat of at least once), and the concatenation of adjacent items whose matches form a small finite set
+    of strings ("(?:play|assume) the (?:role|persona)" → "play the role", …; zero-width items add nothing).
+    Of a sequence's candidates the set whose shortest needle is longest wins, then the smaller set.
+    Case-insensitive patterns get none.
+    """
+    if _sre is None or pattern.flags & re.IGNORECASE:
+        return None
+    found = _best(_candidates(_sre.parse(pattern.pattern, pattern.flags)))
+    return _ordered(found) if found else None
+
+
+Requirement = tuple[tuple[str, ...], ...]  # needle sets a match holds one needle of each of
+
+
+def requirements(pattern: re.Pattern[str]) -> tuple[Requirement, ...] | None:
+    """What a match of `pattern` must contain, as alternatives (one per top-level branch) of needle sets: every
+    match satisfies one alternative, holding a needle of each of its sets (a sequence's candidates, the best
+    few). Stricter than `needles` (both an override verb and an instruction noun, not either); None when none."""
+    if _sre is None or pattern.flags & re.IGNORECASE:
+        return None
+    items = _sre.parse(pattern.pattern, pattern.flags)
+    branches = [items] if len(items) != 1 or items[0][0] is not _sre.BRANCH else items[0][1][1]
+    out = []
+    for branch in branches:
+        ranked = sorted(_candidates(branch), key=_rank, reverse=True)
+        if not ranked:
+            return None
+        # Short needles are everywhere ("(", "end "): each costs a step of the scan and rules little out.
+        found = [ranked[0], *(c for c in ranked[1:_MAX_SETS] if _rank(c)[0] >= _MIN_EXTRA_NEEDLE)]
+        out.append(tuple(_ordered(c) for c in found))
+    return tuple(out)
+
+
+_MAX_EXACT = 256  # largest set of exact strings expanded from adjacent items
+_MAX_SETS = 2  # needle sets kept per alternative of a requirement
+_MIN_EXTRA_NEEDLE = 4  # shortest needle of a set kept besides the best one
+
+
+def _candidates(items: Sequence[tuple[Any, Any]]) -> list[frozenset[str]]:
+    """Needle sets of a sequence: a match of it holds a needle of each."""
+    found: list[frozenset[str]] = []
+
+    def consider(candidate: frozenset[str] | None) -> None:
+        if candidate and min(map(len, candidate)) > 0:
+            found.append(candidate)
+
+    run: frozenset[str] = frozenset([""])  # the exact strings the current run of adjacent items can match
+    for op, av in items:
+        exact = _exact_item(op, av)
+        if exact is not None and len(run) * len(exact) <= _MAX_EXACT:
+            run = frozenset(a + b for a in run for b in exact)
+            continue
+        consider(run)
+        run = exact if exact is not None else frozenset([""])
+        if op is _sre.SUBPATTERN and not av[1] and not av[2]:  # a group that sets no flags
+            consider(_best(_candidates(av[3])))
+        elif op is _sre.ATOMIC_GROUP:
+            consider(_best(_candidates(av)))
+        elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT) and av[0] >= 1:
+            consider(_best(_candidates(av[2])))
+        elif op is _sre.BRANCH:
+            branches = [_best(_candidates(b)) for b in av[1]]
+            if all(branches):
+                consider(frozenset().union(*branches))  # type: ignore[arg-type]
+        # Anything else (classes, optional items) promises no literal and only ends the run.
+    consider(run)
+    return found
+
+
+def _best(candidates: list[frozenset[str]]) -> frozenset[str] | None:
+    return max(candidates, key=_rank) if candidates else None
+
+
+def _ordered(needle_set: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted(needle_set, key=lambda n: (-len(n), n)))
+
+
+def _exact_item(op: Any, av: Any) -> frozenset[str] | None:
+    """Every string one item can match, when that is a small finite set (None otherwise)."""
+    if op is _sre.LITERAL:
+        return frozenset(chr(av))
+    if op is _sre.IN and all(o is _sre.LITERAL for o, _ in av):
+        return frozenset(chr(c) for _, c in av)
+    if op in (_sre.AT, _sre.ASSERT, _sre.ASSERT_NOT):
+        return frozenset([""])  # zero-width: the text matched around it stays adjacent
+    if op is _sre.SUBPATTERN and not av[1] and not av[2]:
+        return _exact_sequence(av[3])
+    if op is _sre.BRANCH:
+        branches = [_exact_sequence(b) for b in av[1]]
+        if any(b is None for b in branches):
+            return None
+        union: frozenset[str] = frozenset().union(*branches)  # type: ignore[arg-type]
+        return union if len(union) <= _MAX_EXACT else None
+    if op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT) and av[1] <= 1:  # x? (or x{1})
+        body = _exact_sequence(av[2])
+        return None if body is None else body | ({""} if av[0] == 0 else set())
+    return None
+
+
+def _exact_sequence(items: Sequence[tuple[Any, Any]]) -> frozenset[str] | None:
+    out = frozenset([""])
+    for op, av in items:
+        exact = _exact_item(op, av)
+        if exact is None or len(out) * len(exact) > _MAX_EXACT:
+            return None
+        out = frozenset(a + b for a in out for b in exact)
+    return out
+
+
+def _rank(candidate: frozenset[str]) -> tuple[int, int]:
+    return min(map(len, candidate)), -len(candidate)
 
 
 RULES: tuple[Rule, ...] = (
@@ -188,11 +320,87 @@ RULE_NAMES: tuple[str, ...] = tuple(r.name for r in RULES)
 I64Array = npt.NDArray[np.int64]
 
 
+@dataclass(frozen=True, slots=True)
+class NeedleIndex:
+    """Which rules can match a text, from one scan for the needles of all their `requirements`.
+
+    `pattern` is a trie of every needle, so at a position it matches the longest needle starting there; any other
+    needle starting there is a prefix of that one (both are the text from that position on), so `keys_of` maps
+    each needle to the (rule, alternative, set) keys of it and of its prefixes. Searching again from the next
+    character visits every position where a needle starts, so every needle in the text is seen: a rule is a
+    candidate exactly when one of its alternatives has a needle of each of its sets in the text.
+    """
+
+    pattern: re.Pattern[str]
+    keys_of: dict[str, frozenset[tuple[int, int, int]]]
+    shapes: tuple[tuple[int, ...] | None, ...]  # per rule, sets per alternative; None: no requirement, always run
+
+    @classmethod
+    def of(cls, rules: Sequence[Rule]) -> NeedleIndex:
+        """The index of `rules` (numbered in order)."""
+        owners: dict[str, set[tuple[int, int, int]]] = {}
+        shapes: list[tuple[int, ...] | None] = []
+        for i, rule in enumerate(rules):
+            required = requirements(rule.pattern)
+            shapes.append(None if required is None else tuple(len(alt) for alt in required))
+            for j, alternative in enumerate(required or ()):
+                for k, needle_set in enumerate(alternative):
+                    for needle in needle_set:
+                        owners.setdefault(needle, set()).add((i, j, k))
+        keys_of = {n: frozenset(key for end in range(1, len(n) + 1) for key in owners.get(n[:end], ())) for n in owners}
+        return cls(re.compile(_trie(sorted(owners)) or "(?!)"), keys_of, tuple(shapes))
+
+    def candidates(self, text: str) -> frozenset[int]:
+        """The rules whose pattern may match `text` (a superset of those that do)."""
+        hit: set[tuple[int, int, int]] = set()
+        search = self.pattern.search
+        m = search(text)
+        while m is not None:
+            hit |= self.keys_of[m.group()]
+            m = search(text, m.start() + 1)
+        touched = {i for i, _, _ in hit}
+        return frozenset(
+            i
+            for i, shape in enumerate(self.shapes)
+            if shape is None
+            or (i in touched and any(all((i, j, k) in hit for k in range(n)) for j, n in enumerate(shape)))
+        )
+
+
+def _trie(words: Sequence[str]) -> str:
+    """A regex matching any of `words` (non-empty), the longest at each position, factored as a trie."""
+    root: dict[str, Any] = {}
+    for word in words:
+        node = root
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        alternatives = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        if not alternatives:
+            return ""
+        body = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return emit(root)
+
+
+@functools.cache
+def needle_index() -> NeedleIndex:
+    """The index of `RULES`, built on first use (tens of milliseconds: not at import; detectors build it)."""
+    return NeedleIndex.of(RULES)
+
+
 def rule_hits(text: str) -> list[I64Array]:
     """For each rule, in `RULES` order, the sorted start offsets of its matches in canonical `text` (capped)."""
     out: list[I64Array] = []
-    for rule in RULES:
+    candidates = needle_index().candidates(text)
+    for i, rule in enumerate(RULES):
         starts: list[int] = []
+        if i not in candidates:
+            out.append(np.array(starts, dtype=np.int64))
+            continue
         for m in rule.pattern.finditer(text):
             starts.append(m.start())
             if len(starts) >= MAX_HITS_PER_RULE:
@@ -203,4 +411,8 @@ def rule_hits(text: str) -> list[I64Array]:
 
 def rule_presence(text: str) -> npt.NDArray[np.float32]:
     """1.0 for each rule that matches anywhere in canonical `text`, else 0.0 (the whole-text feature vector)."""
-    return np.array([1.0 if rule.pattern.search(text) else 0.0 for rule in RULES], dtype=np.float32)
+    candidates = needle_index().candidates(text)
+    return np.array(
+        [1.0 if i in candidates and rule.pattern.search(text) else 0.0 for i, rule in enumerate(RULES)],
+        dtype=np.float32,
+    )
