@@ -64,7 +64,7 @@ def _free_port() -> int:
 
 
 async def seed(config_path: Path, corpus: Path) -> str:
-    """Fill the store; returns the id of a blocked request to open."""
+    """Fill the store; returns the id of the request whose trace is shown."""
     from gengate.app.gateway import open_gateway
     from gengate.auth.keys import KeySpec, create_key
     from gengate.outer.experiments import spec_from_data
@@ -91,7 +91,6 @@ async def seed(config_path: Path, corpus: Path) -> str:
         await gateway.kbs.ingest("handbook", scan_source(corpus), source="handbook")
         now = time.time()
         rows, findings, answers, events = [], [], [], []
-        blocked = ""
         for i in range(6000):
             key = keys[rng.randrange(len(keys))]
             ts = now - (rng.random() ** 1.3) * 7 * 86400
@@ -117,7 +116,6 @@ async def seed(config_path: Path, corpus: Path) -> str:
                          "attempts": 1 + (status == 502), "fallbacks": int(status == 502),
                          "client_disconnected": False})  # fmt: skip
             if code == "guard_blocked":
-                blocked = rid
                 detector, label = rng.choice(
                     (
                         ("injection", "prompt_injection"),
@@ -191,7 +189,8 @@ async def seed(config_path: Path, corpus: Path) -> str:
                                    "subject": rows[-1]["subject"], "team": key.team, "app": "help",
                                    "experiment": "tone", "variant": variant, "kind": "thumbs", "value": float(up),
                                    "comment": comment})  # fmt: skip
-        await gateway.store.write_requests(rows, findings, answers)
+        steps = _showcase(rows, answers, keys[1], now)
+        await gateway.store.write_requests(rows, findings, answers, steps)
         from gengate.store.schema import feedback
 
         async with gateway.store.engine.begin() as conn:
@@ -203,9 +202,47 @@ async def seed(config_path: Path, corpus: Path) -> str:
                                "min_units": 20})  # fmt: skip
         await experiments.create(spec, now=now - 8 * 86400)
         await experiments.set_status("tone", "running", expected="draft", now=now - 7 * 86400)
-        return blocked
+        return rows[-1]["id"]
     finally:
         await gateway.close()
+
+
+def _showcase(rows: list[dict[str, Any]], answers: list[dict[str, Any]], key: Any, now: float) -> list[dict[str, Any]]:
+    """One app request with a full trace (appended to `rows`/`answers`): the first deployment fails and the fallback
+    answers, three chunks are retrieved (the context guard drops the poisoned one), and a tool runs with the
+    employee id bound to the caller. Returns its `trace_steps` rows."""
+    from gengate.providers.routing import Attempt
+    from gengate.telemetry.trace_steps import attempt_steps, retrieval_step, step_rows, tool_step
+
+    rid = "showcase0000000000a1"
+    ts = now - 3600
+    rows.append({"id": rid, "ts": ts, "subject": "user7", "team": key.team, "key_id": key.id, "endpoint": "app",
+                 "model": "gpt-4o-mini", "deployment": "offline/gpt-4o-mini", "status": 200, "error_code": None,
+                 "stream": False, "prompt_tokens": 912, "completion_tokens": 64, "cached_tokens": 0,
+                 "cost_usd": 0.00018, "latency_ms": 1840.0, "ttft_ms": None, "attempts": 2, "fallbacks": 1,
+                 "client_disconnected": False})  # fmt: skip
+    answers.append({"request_id": rid, "ts": ts, "app": "help", "model": "gpt-4o-mini", "subject": "user7",
+                    "team": key.team, "key_id": key.id, "experiment": None, "variant": None, "outcome": "answered",
+                    "payload": "redacted", "question": "How much leave do I have left this year?",
+                    "answer": "You have 11 days left of your 25 days of annual leave [1].", "cost_usd": 0.00018,
+                    "latency_ms": 1840.0, "findings": 0,
+                    "sources": json.dumps([{"kb": "handbook", "doc_id": "leave.md", "version": 1}])})  # fmt: skip
+    attempts = [
+        Attempt("primary/gpt-4o-mini", False, error="bad_gateway", code="bad_gateway", status=503,
+                message="upstream primary answered HTTP 503", latency_ms=412.0),
+        Attempt("offline/gpt-4o-mini", True, latency_ms=1290.0),
+    ]  # fmt: skip
+    chunks = [("leave.md", 0, "Annual leave", 0.82, False), ("expenses.md", 0, "Expenses", 0.41, False),
+              ("security.md", 0, "Security", 0.37, True)]  # fmt: skip
+    steps = [
+        *attempt_steps(attempts, round_no=0),
+        *(retrieval_step(kb="handbook", doc_id=doc, version=1, chunk_id=chunk, title=title, score=score, rank=rank,
+                         access=DOCS[doc][1], dropped=dropped)
+          for rank, (doc, chunk, title, score, dropped) in enumerate(chunks, start=1)),
+        tool_step(tool="leave_balance", bound={"employee_id": "claims.sub"}, arguments=["year"],
+                  ignored=["employee_id"], ok=True, status=200, error=None, round_no=1),
+    ]  # fmt: skip
+    return step_rows(rid, steps)
 
 
 def main() -> int:
@@ -219,7 +256,7 @@ def main() -> int:
     port = _free_port()
     config_path = tmp / "gengate.yaml"
     config_path.write_text(yaml.safe_dump(_config(tmp / "data", port)))
-    blocked = asyncio.run(seed(config_path, tmp / "corpus"))
+    traced = asyncio.run(seed(config_path, tmp / "corpus"))
     gengate = str(Path(sys.executable).with_name("gengate"))
     log = (tmp / "serve.log").open("wb")
     server = subprocess.Popen([gengate, "serve", "--config", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
@@ -233,7 +270,7 @@ def main() -> int:
                 time.sleep(0.1)
         args.out.mkdir(parents=True, exist_ok=True)
         shots = {
-            "overview": "/ui/?range=7d", "requests": "/ui/requests", "trace": f"/ui/requests/{blocked}",
+            "overview": "/ui/?range=7d", "requests": "/ui/requests", "trace": f"/ui/requests/{traced}",
             "guardrails": "/ui/guardrails?range=7d", "knowledge": "/ui/knowledge/handbook",
             "experiment": "/ui/experiments/tone", "feedback": "/ui/feedback", "keys": "/ui/keys",
         }  # fmt: skip
@@ -247,7 +284,7 @@ def main() -> int:
             for name, path in shots.items():
                 page.goto(base + path)
                 target = args.out / f"dashboard-{name}.png"
-                page.screenshot(path=str(target), full_page=name in ("overview", "guardrails"))
+                page.screenshot(path=str(target), full_page=name in ("overview", "guardrails", "trace"))
                 print(f"wrote {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}")
             browser.close()
     finally:
