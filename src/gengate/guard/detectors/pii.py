@@ -13,6 +13,7 @@ tagger-only entities are unavailable). Scoring rules and measured quality are in
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
 from collections.abc import Iterable
 
@@ -75,6 +76,16 @@ _PRIORITY = {e: i for i, e in enumerate(reversed(RULE_ENTITIES))} | {
 MAX_SCAN_CHARS = 1_000_000
 
 
+@functools.cache
+def shipped_tagger() -> PiiTagger:
+    """The tagger of the shipped model and gazetteer, one per process and warmed: every profile's `pii` rule
+    shares it (its caches are guarded by a lock), so the vocabulary is computed once, when the first detector is
+    built, not on a user's first request."""
+    tagger = PiiTagger(TaggerModel.shipped(), Gazetteer.shipped())
+    tagger.warm()
+    return tagger
+
+
 class PiiDetector:
     """Finds personal data in text (see module docstring).
 
@@ -112,7 +123,7 @@ class PiiDetector:
         if isinstance(tagger, PiiTagger):
             self._tagger = tagger
         elif tagger and self.entities & _TAGGED:
-            self._tagger = PiiTagger(TaggerModel.shipped(), gazetteer or Gazetteer.shipped())
+            self._tagger = shipped_tagger() if gazetteer is None else PiiTagger(TaggerModel.shipped(), gazetteer)
         if self._tagger is None:
             names = Gazetteer.shipped() if gazetteer is None and "person" in self.entities else gazetteer
             self._names = NameRecognizer(names) if names is not None and "person" in self.entities else None

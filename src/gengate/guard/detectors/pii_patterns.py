@@ -11,7 +11,9 @@ name a `gate`, a regex that opens with a character set (which the engine skips t
 everywhere the spec's regex can start; the full regex is then tried only there, with the same results. Gates that
 open with letters still stop at most characters of prose, so a spec may also name `needs_pattern`, a short regex
 opening with a rarer character set that matches somewhere inside every match of the spec's regex: a text where
-it finds nothing is skipped (most texts hold no IBAN-shaped or IP-shaped run, for instance).
+it finds nothing is skipped (most texts hold no IBAN-shaped or IP-shaped run, for instance). And a spec may name
+a `narrow` gate that opens with a rarer character set and is enough where a `needle` regex finds nothing in the
+text (without a ":" no IPv6 address can start at a hex letter; without a year no textual date at a month name).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class PatternSpec:
     gate: str | None = None  # matches wherever `pattern` can start (a superset), opening with a character set
     needs: str = ""  # a substring every match contains: without it in the text there is nothing to find
     needs_pattern: str | None = None  # the same as a regex: one of its matches lies inside every match
+    narrow: tuple[str, str] | None = None  # (needle, gate): the gate is enough in a text the needle is not in
 
 
 def _word_alternation(words: tuple[str, ...]) -> re.Pattern[str]:
@@ -61,12 +64,14 @@ def _word_alternation(words: tuple[str, ...]) -> re.Pattern[str]:
 class PatternRecognizer:
     """A compiled `PatternSpec`."""
 
-    __slots__ = ("_context", "_gate", "_needs", "_negative", "_regex", "spec")
+    __slots__ = ("_context", "_gate", "_narrow", "_needle", "_needs", "_negative", "_regex", "spec")
 
     def __init__(self, spec: PatternSpec) -> None:
         self.spec = spec
         self._regex = re.compile(spec.pattern, spec.flags)
         self._gate = re.compile(spec.gate, re.DOTALL) if spec.gate else None
+        self._needle = re.compile(spec.narrow[0]) if spec.narrow else None
+        self._narrow = re.compile(spec.narrow[1], re.DOTALL) if spec.narrow else None
         self._needs = re.compile(spec.needs_pattern) if spec.needs_pattern else None
         self._context = _word_alternation(spec.context) if spec.context else None
         self._negative = _word_alternation(spec.negative_context) if spec.negative_context else None
@@ -97,8 +102,11 @@ class PatternRecognizer:
     def _gated(self, text: str) -> Iterator[re.Match[str]]:
         """The matches `finditer` would give, tried only where the gate says one can start."""
         assert self._gate is not None
+        gate = self._gate
+        if self._needle is not None and self._narrow is not None and self._needle.search(text) is None:
+            gate = self._narrow
         done = 0
-        for hit in self._gate.finditer(text):
+        for hit in gate.finditer(text):
             pos = hit.start()
             if pos >= done and (match := self._regex.match(text, pos)) is not None:
                 done = match.end()
@@ -210,7 +218,7 @@ DEFAULT_SPECS: tuple[PatternSpec, ...] = (
         boost=0.05,
         validator=_iban,
         gate=r"[A-Za-z](?<!\w.)(?=[A-Za-z]\d\d)",
-        needs_pattern=r"[A-Za-z]{2}\d\d",  # its first four characters
+        needs_pattern=r"\d(?<=[A-Za-z]{2}\d)\d",  # its first four characters (found from the digits: rarer)
     ),
     PatternSpec(
         "us_ssn",
@@ -258,6 +266,7 @@ DEFAULT_SPECS: tuple[PatternSpec, ...] = (
         validator=_ip,
         needs_pattern=r"\d\.\d|:[0-9A-Fa-f]*:",  # a dotted quad, or two colons
         gate=r"[\dA-Fa-f:](?<![\w.:].)(?=\d{0,2}\.|[0-9A-Fa-f]{0,4}:)",
+        narrow=(":", r"\d(?<![\w.:].)(?=\d{0,2}\.)"),  # without a colon only the dotted quad
     ),
     PatternSpec(
         "phone_number",
@@ -280,6 +289,7 @@ DEFAULT_SPECS: tuple[PatternSpec, ...] = (
         boost=0.75,
         needs_pattern=r"\d{6}",  # six digits in each branch
         gate=r"[A-Za-z\d](?<![\w-].)(?=[A-Za-z]?\d{6})",
+        narrow=(r"\d(?<=[A-Za-z]\d)\d{5}", r"\d(?<![\w-].)(?=\d{8})"),  # no letter before six digits: nine digits
     ),
     PatternSpec(
         "date_of_birth",
@@ -297,5 +307,7 @@ DEFAULT_SPECS: tuple[PatternSpec, ...] = (
         # A digit, or the first letter of a month in any case the engine folds to it (ſ is an s).
         gate=r"[\dJjFfMmAaSsſOoNnDd](?<![\w/.-].)(?:(?<=\d)(?=\d{3}-|\d?[/.-]|\d?(?i:st|nd|rd|th)?\s)"
         r"|(?=(?i:an|eb|ar|pr|ay|un|ul|ug|ep|ct|ov|ec)))",
+        # Every branch but the numeric one holds a year: without one, only digits start a match.
+        narrow=(r"(?:19|20)\d\d", r"\d(?<![\w/.-].)(?=\d{3}-|\d?[/.-]|\d?(?i:st|nd|rd|th)?\s)"),
     ),
 )  # fmt: skip

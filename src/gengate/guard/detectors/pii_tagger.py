@@ -6,11 +6,12 @@ averaged structured perceptron trained on the training templates of presidio-syn
 of the artifact's bytes. Features come from `pii_features` (shared with training).
 
 Inference is pure Python plus numpy: the summed weights of each distinct token's features (and of its features
-as a neighbour, of word pairs and of layouts) are computed once and cached on the tagger, so a text's emission
-scores are a few gathers; exact Viterbi then costs one small numpy step per token that is not provably
-"outside" (runs of those are passed in one step), with the back-pointers found in one batch afterwards. A
-span's score comes from the margin between the best path and the same path with the span called "outside". This
-module only proposes spans; `pii.PiiDetector` decides labels, overlaps and thresholds.
+as a neighbour, of word pairs and of layouts) are computed once and cached on the tagger (those of the common
+vocabulary all at once, at its first use), so a text's emission scores are a few gathers; exact Viterbi then
+costs one small numpy step per token that is not provably "outside" (runs of those are passed in one step), with
+the back-pointers along the best path found afterwards. A span's score comes from the margin between the best
+path and the same path with the span called "outside". This module only proposes spans; `pii.PiiDetector`
+decides labels, overlaps and thresholds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import io
 import json
 import math
+import string
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -158,29 +160,30 @@ class PiiTagger:
         # Cached sums of weight rows, one per distinct token, neighbour role, word pair or layout: a text's
         # emissions are then a handful of gathers instead of one per feature. Bounded (see `_emissions`).
         self._table = np.zeros((1024, len(model.transitions)), dtype=np.float32)  # row 0 stays zero
-        self._rows: dict[tuple[str, ...], int] = {}
+        self._rows: dict[tuple[int, ...], int] = {}  # feature ids -> row (equal sums share a row)
         self._tokens: dict[str, _Entry] = {}
         self._layouts: dict[tuple[str, str, bool, bool, int, str], int] = {}
         self._pending: list[tuple[int, list[int]]] = []
         # The model's weights with one zero row appended (the row of an unknown feature).
         self._weights = np.vstack([model.weights, np.zeros((1, len(model.transitions)), dtype=np.float32)])
         self._edges: tuple[int, ...] = ()
+        # The entries (and rows) of the common vocabulary, computed at first use and kept for the tagger's life;
+        # the bounded cache above holds everything else, in the table rows after the vocabulary's.
+        self._vocab: dict[str, _Entry] | None = None
+        self._vocab_rows: dict[tuple[int, ...], int] = {}
         self._clear()
         # Long texts are scanned in worker threads: the caches are read and grown under this lock.
         self._lock = threading.Lock()
 
-    def _row(self, key: tuple[str, ...], names: list[str]) -> int:
+    def _row(self, names: list[str]) -> int:
         """The table row holding the summed weights of the features `names` (0 when none is known)."""
-        row = self._rows.get(key)
-        if row is not None:
-            return row
-        ids = [i for i in map(self.model.features.get, names) if i is not None]
+        ids = tuple([i for i in map(self.model.features.get, names) if i is not None])
         if not ids:
-            row = 0
-        else:
-            row = len(self._rows) + 1
-            self._pending.append((row, ids))  # summed in one batch by `_flush`
-        self._rows[key] = row
+            return 0
+        row = self._rows.get(ids) or self._vocab_rows.get(ids)
+        if row is None:
+            row = self._rows[ids] = len(self._vocab_rows) + len(self._rows) + 1
+            self._pending.append((row, list(ids)))  # summed in one batch by `_flush`
         return row
 
     def _flush(self) -> None:
@@ -202,14 +205,53 @@ class PiiTagger:
         self._pending.clear()
 
     def _clear(self) -> None:
+        if self._vocab is not None:  # the vocabulary's rows (and the edges') keep their places in the table
+            self._rows.clear()
+            self._tokens = dict(self._vocab)  # one lookup per token (a copy of the dict, not of the entries)
+            self._layouts.clear()
+            self._pending.clear()
+            return
         self._rows.clear()
         self._tokens.clear()
         self._layouts.clear()
         self._pending.clear()
         self._table = np.zeros((1024, len(self.model.transitions)), dtype=np.float32)
         edges = [f"{o}w={'<s>' if o < 0 else '</s>'}" for o in (-2, -1, 1, 2)]
-        self._edges = tuple(self._row(("edge", name), [name]) for name in edges)
+        self._edges = tuple(self._row([name]) for name in edges)
         self._flush()
+
+    def vocabulary(self) -> list[str]:
+        """The tokens whose entries are preloaded: the gazetteer's common words and the words the model knows by
+        identity (lower-case and capitalised), short numbers, years and ASCII punctuation. Most tokens of ordinary
+        English text are among them, so a text rarely pays for featurising a new token."""
+        words = set(self.featurizer.gazetteer.common)
+        words.update(name[2:] for name in self.model.features if name.startswith("w="))
+        words.update([w.capitalize() for w in words])
+        words.update(str(i) for i in range(1000))
+        words.update(f"{i:02d}" for i in range(10))
+        words.update(f"{i:03d}" for i in range(100))
+        words.update(str(year) for year in range(1900, 2036))
+        words.update(string.punctuation)
+        # Only strings that are one token (the model's names also hold placeholders such as "<d>").
+        return sorted(w for w in words if tokenize(w) == [(0, len(w))])
+
+    def warm(self) -> None:
+        """Compute the common vocabulary's entries now rather than on the first scan (a gateway does this at
+        startup, so no request waits for it)."""
+        with self._lock:
+            if self._vocab is None:
+                self._preload()
+
+    def _preload(self) -> None:
+        """Compute the entries of `vocabulary` (once per tagger, at its first use: about 0.6 s of CPU and 14 MB)."""
+        for count, word in enumerate(self.vocabulary(), start=1):
+            self._entry(word)
+            if count % 1000 == 0:  # in batches, so the gathered weights stay small
+                self._flush()
+        self._flush()
+        self._vocab, self._vocab_rows = self._tokens, self._rows
+        self._tokens, self._rows = dict(self._vocab), {}
+        self._layouts.clear()
 
     def _entry(self, token: str) -> _Entry:
         entry = self._tokens.get(token)
@@ -220,13 +262,13 @@ class PiiTagger:
         cap = "C" if info.short[:1] == "X" else "l"
         names = ["b", *info.form, *([info.ident] if known else [])]
         names += [f"g={f}" for f in info.flags] + [f"g{cap}={f}" for f in info.flags]
-        rows = [self._row(("own", token), names)]
+        rows = [self._row(names)]
         for o in (-2, -1, 1, 2):
             ctx = [f"{o}{info.ident}"] if known else []
             if o in (-1, 1):
                 ctx.append(f"{o}ss={info.short}")
                 ctx += [f"{o}g={f}" for f in info.flags]
-            rows.append(self._row((str(o), token), ctx))
+            rows.append(self._row(ctx))
         entry = _Entry((rows[0], rows[1], rows[2], rows[3], rows[4]), info.ident if known else "?", info.short)
         self._tokens[token] = entry
         return entry
@@ -238,7 +280,10 @@ class PiiTagger:
 
     def _emissions(self, text: str, spans: list[tuple[int, int]]) -> F32:
         # A call adds at most 8 rows per token; a long-running gateway sees unbounded vocabularies, so the cache
-        # starts again (before the call, never during it) once it would pass MAX_CACHED_ROWS.
+        # starts again (before the call, never during it) once it would pass MAX_CACHED_ROWS (not counting the
+        # preloaded vocabulary's rows, which stay).
+        if self._vocab is None:
+            self._preload()
         if len(self._rows) + 8 * len(spans) > MAX_CACHED_ROWS:
             self._clear()
         tokens = self._tokens
@@ -296,7 +341,7 @@ class PiiTagger:
                 key = keys[t]
                 row = cache.get(key, -1)
                 if row < 0:
-                    row = cache[key] = self._row(("layout", *map(str, key)), layout_features(*key))
+                    row = cache[key] = self._row(layout_features(*key))
                 out[t] = row
         return out
 
@@ -313,9 +358,9 @@ class PiiTagger:
         """Spans (first token, last token, class, margin) of the Viterbi path. The margin is how much the path
         loses if the span's tokens are called outside instead, the rest of the path unchanged (>= 0).
 
-        The forward pass keeps only the best scores (three small numpy calls a step); the best predecessors of the
-        stepped positions are found afterwards in one batch, from the stored scores, by the same float32 sums and
-        the same first-maximum rule, so the path is the one a step-by-step argmax gives.
+        The forward pass keeps only the best scores (three small numpy calls a step); the best predecessors along
+        the path are found afterwards from the stored scores (in one batch for the outside tag), by the same
+        float32 sums and the same first-maximum rule, so the path is the one a step-by-step argmax gives.
         """
         n, tags = emissions.shape
         if n == 0:
@@ -329,7 +374,7 @@ class PiiTagger:
         stay = float(trans[0, 0])
         into_outside = trans[:, 0]
         trans_t = self._trans_t  # scores[y, p] = trans[p, y] + alpha[p]: the reduction runs along rows
-        back: list[list[int] | int] = [0] * n  # best predecessors per tag, or the one a forced run came from
+        back = [0] * n  # at the first position of a forced run: the tag the run came from
         stepped: list[int] = []  # positions decoded by a full step
         before: list[F32] = []  # the scores those steps started from
         scores = np.empty((tags, tags), dtype=np.float32)
@@ -353,17 +398,20 @@ class PiiTagger:
             alpha = maximum(scores, axis=1)
             alpha += rows[t]
             t += 1
-        if stepped:
-            best = (np.array(before)[:, :, None] + trans).argmax(axis=1).tolist()
-            for t, step in zip(stepped, best, strict=True):
-                back[t] = step
+        # Most stepped positions of the path are outside: their best predecessors come from one batch; the few
+        # others are found one at a time (the same float32 sums, `trans_t[y, p]` being `trans[p, y]`).
+        from_outside = (np.array(before) + trans_t[0]).argmax(axis=1).tolist() if stepped else []
+        step_of = {t: k for k, t in enumerate(stepped)}
         tag = int((alpha + self._end).argmax())
         path = [tag]
         for t in range(n - 1, 0, -1):
-            # Inside a forced run the tag is outside; the run's first position records where it came from.
-            step = back[t]
-            run_start = t == 1 or not forced_list[t - 1]
-            tag = step[tag] if isinstance(step, list) else step if run_start else 0
+            k = step_of.get(t)
+            if k is not None:
+                tag = from_outside[k] if tag == 0 else int((before[k] + trans_t[tag]).argmax())
+            elif t == 1 or not forced_list[t - 1]:  # the first position of a forced run: where it came from
+                tag = back[t]
+            else:  # inside a forced run the tag is outside
+                tag = 0
             path.append(tag)
         path.reverse()
         t = 0
