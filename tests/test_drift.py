@@ -5,6 +5,7 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -27,7 +28,7 @@ from gengate.rag.kb import KnowledgeBases
 from gengate.rag.sources import scan_source
 from gengate.settings import Settings, load_settings
 from gengate.store.db import open_store
-from gengate.store.knowledge import KnowledgeStore
+from gengate.store.knowledge import KnowledgeStore, NewDocument
 from gengate.store.outer_runs import OuterRunsStore
 from rag_corpus import JWT_AUTH, token, write_corpus
 
@@ -267,6 +268,38 @@ async def test_drift_is_what_changed_after_the_newest_finished_run(storage: dict
         latest = await knowledge_drift(store, settings, "hr")
         assert latest.run_id == "now" and not latest.drifted
         assert (await runs.get_run("now")).knowledge == await runs.knowledge_state(["handbook", "extra"])
+    finally:
+        await store.close()
+
+
+async def test_concurrent_writers_to_one_knowledge_base_commit_in_event_order(
+    storage: dict[str, Any], tmp_path: Path
+) -> None:
+    """Eight writers store the same document at once (as overlapping ingests would, each having seen no active
+    version): every one lands with its own version, one version stays active, and the event ids follow the
+    versions, so "events after the id a run saw" cannot miss one that committed late."""
+    raw = merge(base_config(None, tmp_path / "data"), {"rag": {"embeddings": "none"}, **storage})
+    settings = Settings.model_validate(raw)
+    store = await open_store(settings.database_url)
+    try:
+        kbs = KnowledgeStore(store.engine)
+        await kbs.create("kb", description="", chunking={}, default_access=None, embeddings="none")
+
+        async def write(i: int) -> int:
+            doc = NewDocument(
+                doc_id="a.md", title="A", content_hash=f"{i:064d}", text=f"text {i}", format="md",
+                access=frozenset({"group:all"}), metadata={}, source="s", suspicious=False,
+            )  # fmt: skip
+            version, _ = await kbs.put_document("kb", doc, [], None)
+            return version
+
+        versions = await asyncio.gather(*(write(i) for i in range(8)))
+        assert sorted(versions) == list(range(1, 9))
+        active = await kbs.active_documents("kb")
+        assert list(active) == ["a.md"] and active["a.md"].version == 8
+        events = [e for e in reversed(await kbs.history("kb")) if e["doc_id"] == "a.md"]
+        assert [e["version"] for e in events] == list(range(1, 9))  # ids ascend with the versions
+        assert [e["action"] for e in events] == ["added"] + ["changed"] * 7
     finally:
         await store.close()
 

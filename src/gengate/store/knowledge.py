@@ -260,6 +260,7 @@ class KnowledgeStore:
         Returns (the new version number, the new document row's key)."""
         now = time.time()
         async with self.engine.begin() as conn:
+            await _lock(conn, kb)
             version = (
                 int(
                     (
@@ -273,8 +274,15 @@ class KnowledgeStore:
                 )
                 + 1
             )
-            if previous is not None:
-                await _retire(conn, [previous.pk], now)
+            # Every active version, not only the one the caller saw: a concurrent ingest may have stored one since.
+            active = sa.select(kb_documents.c.id).where(
+                kb_documents.c.kb == kb, kb_documents.c.doc_id == doc.doc_id, kb_documents.c.active.is_(True)
+            )
+            replaced = [int(r[0]) for r in (await conn.execute(active)).all()]
+            if previous is not None and previous.pk not in replaced:
+                replaced.append(previous.pk)
+            if replaced:
+                await _retire(conn, replaced, now)
             result = await conn.execute(
                 kb_documents.insert().values(
                     kb=kb, doc_id=doc.doc_id, version=version, title=doc.title, content_hash=doc.content_hash,
@@ -290,13 +298,14 @@ class KnowledgeStore:
             detail: dict[str, Any] = {"hash": doc.content_hash[:12], "chunks": len(chunks)}
             if doc.suspicious:
                 detail["suspicious"] = True
-            await _event(conn, kb, "changed" if previous else "added", doc.doc_id, version, json.dumps(detail))
+            await _event(conn, kb, "changed" if replaced else "added", doc.doc_id, version, json.dumps(detail))
             await _bump(conn, kb)
         return version, pk
 
     async def set_access(self, kb: str, doc: DocRecord, access: frozenset[str]) -> None:
         """Change who may read a document's active version (recorded in the history)."""
         async with self.engine.begin() as conn:
+            await _lock(conn, kb)
             await conn.execute(
                 kb_documents.update().where(kb_documents.c.id == doc.pk).values(access=json.dumps(sorted(access)))
             )
@@ -310,6 +319,7 @@ class KnowledgeStore:
             return
         now = time.time()
         async with self.engine.begin() as conn:
+            await _lock(conn, kb)
             await _retire(conn, [d.pk for d in docs], now)
             for doc in docs:
                 await _event(conn, kb, "retired", doc.doc_id, doc.version, json.dumps({"reason": reason}))
@@ -318,6 +328,7 @@ class KnowledgeStore:
     async def note(self, kb: str, action: str, doc_id: str | None, detail: dict[str, Any]) -> None:
         """Record an event without changing content (e.g. a file refused at ingestion)."""
         async with self.engine.begin() as conn:
+            await _lock(conn, kb)
             await _event(conn, kb, action, doc_id, None, json.dumps(detail))
 
     async def document_texts(self, kb: str) -> list[tuple[int, str, str, str]]:
@@ -333,6 +344,7 @@ class KnowledgeStore:
     ) -> None:
         """Swap every active chunk for new ones under a new chunking strategy, in one transaction."""
         async with self.engine.begin() as conn:
+            await _lock(conn, kb)
             await conn.execute(
                 kb_chunks.update().where(kb_chunks.c.kb == kb, kb_chunks.c.active.is_(True)).values(active=False)
             )
@@ -431,6 +443,20 @@ async def _event(
     await conn.execute(
         kb_events.insert().values(kb=kb, ts=time.time(), action=action, doc_id=doc_id, version=version, detail=detail)
     )
+
+
+async def _lock(conn: AsyncConnection, kb: str) -> None:
+    """Take the knowledge base's write lock, as the first statement of a transaction that changes it.
+
+    Changes to one knowledge base then commit one after another, so its `kb_events` ids grow in commit order
+    (knowledge drift reads "events after id N" and would otherwise miss an event whose transaction took a smaller
+    id but committed after N was read), and what a change reads first (the next version number, the active
+    version) is current. PostgreSQL: the knowledge base's row lock. SQLite: the database's write lock (the driver
+    would otherwise run the first reads outside any transaction)."""
+    if conn.dialect.name == "sqlite":
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        await conn.execute(sa.select(knowledge_bases.c.name).where(knowledge_bases.c.name == kb).with_for_update())
 
 
 async def _bump(conn: AsyncConnection, kb: str) -> None:
