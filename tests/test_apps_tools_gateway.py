@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from aiohttp import web
@@ -143,6 +144,21 @@ def test_bound_parameter_carries_the_caller_whatever_the_model_asks(
         time.sleep(0.3)  # the trace writer flushes every 50 ms in tests
         findings = tool_gateway.run(tool_gateway.gateway.store.findings_for(answer.id.removeprefix("chatcmpl-")))
         assert any(f["label"] == "tool.bound_argument_ignored.leave_balance.employee_id" for f in findings)
+
+
+def test_failed_upstream_attempts_inside_an_app_request_are_counted(tool_gateway, upstream, sdk) -> None:
+    # Round 1 fails once and is retried; round 2 answers. The app's trace and the metrics both show the failure.
+    upstream.queue("fake-model", Step(status=503), Step(tool_calls=_tool_call({"year": 2026})),
+                   Step(content="You have 17 days left [1]."))  # fmt: skip
+    answer = sdk(tool_gateway, token("bob", ["staff"])).chat.completions.create(
+        model="app/hr", messages=[{"role": "user", "content": "How many days of annual leave do I have left?"}]
+    )
+    assert answer.choices[0].message.content == "You have 17 days left [1]."
+    metrics = httpx.get(f"{tool_gateway.url}/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}).text
+    assert 'gengate_upstream_errors_total{deployment="fake/fake-model"} 1.0' in metrics
+    tool_gateway.run(tool_gateway.gateway.traces.flush())
+    record = tool_gateway.run(tool_gateway.gateway.store.get_request(answer.id.removeprefix("chatcmpl-")))
+    assert record is not None and record["attempts"] == 3
 
 
 def _leaves(value: Any) -> list[Any]:
