@@ -84,8 +84,8 @@ async def seed(config_path: Path, corpus: Path) -> str:
         await create_key(gateway.store, KeySpec(team="sales", name="notebook", user="dana"))
         corpus.mkdir(parents=True, exist_ok=True)
         for name, (text, access) in DOCS.items():
-            (corpus / name).write_text(text)
-            (corpus / f"{name}.access.json").write_text(json.dumps({"teams": [a[5:] for a in access]}))
+            teams = ", ".join(a.removeprefix("team:") for a in access)
+            (corpus / name).write_text(f"---\naccess:\n  teams: [{teams}]\n---\n{text}")
         assert gateway.kbs is not None
         await gateway.kbs.create("handbook", description="The staff handbook")
         await gateway.kbs.ingest("handbook", scan_source(corpus), source="handbook")

@@ -351,7 +351,7 @@ class DashboardQueries:
             access = sorted(json.loads(row[1] or "[]")) if row is not None else []
             out.append({"kb": kb, "doc_id": doc_id, "version": version, "title": row[0] if row else None,
                         "access": access, "suspicious": bool(row[2]) if row else False,
-                        "active": bool(row[3]) if row else False})  # fmt: skip
+                        "active": bool(row[3]) if row else False, "stored": row is not None})  # fmt: skip
         return out
 
     # -- guardrails -----------------------------------------------------------------------------------------

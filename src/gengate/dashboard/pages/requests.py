@@ -132,9 +132,10 @@ def _response(ctx: Ctx, response: dict[str, Any] | None, sources: list[dict[str,
         items.append(("Answer", render("<pre>{a}</pre>", a=response["answer"])))
     rows = [
         [s["kb"], link(url(f"{ctx.plane.prefix}/knowledge/{s['kb']}/document", id=s["doc_id"]), s["doc_id"]),
-         s["version"], s.get("title") or "—", ", ".join(s["access"]) or "nobody",
+         s["version"], s.get("title") or "—",
+         (", ".join(s["access"]) or "nobody") if s["stored"] else "—",
          render('<span class="warn">{t}</span>', t="suspicious") if s["suspicious"] else "",
-         "" if s["active"] else "retired since"]
+         "" if s["active"] else "retired since" if s["stored"] else "no longer stored"]
         for s in sources
     ]  # fmt: skip
     cited = table(["Knowledge base", "Document", "Version", "Title", "Access list", "Flag", "Now"], rows,
