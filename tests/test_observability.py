@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import httpx
+import pytest
 
 from conftest import ADMIN_KEY
 from fake_upstream import FakeUpstream, Step
@@ -115,21 +117,27 @@ def test_opentelemetry_export_uses_genai_conventions(make_gateway) -> None:
         collector.stop()
 
 
-def test_a_reused_request_id_never_stops_the_request_log(gateway) -> None:
-    # A client may send the same x-request-id twice; the store refuses the second record (its primary key), and
-    # that one record — not the whole batch, forever — is dropped and counted.
+def test_a_reused_request_id_keeps_every_request_in_the_log(storage, make_gateway, upstream: FakeUpstream) -> None:
+    # A client may send the same x-request-id again (by mistake, or to hide a request from the log and from the
+    # spend it records): the repeat is kept under a fresh id that no client can send, and counted.
+    gateway = make_gateway(storage)
     key = gateway.create_key("team-a")
     headers = {"authorization": f"Bearer {key}", "x-request-id": "reused-id-1"}
-    for _ in range(2):
-        resp = httpx.post(f"{gateway.base_url}/chat/completions", json={"model": "offline", "messages": MSG},
+    started = time.time()
+    for pause in (0.3, 0.0, 0.3):  # separate batches, and two requests in one batch
+        upstream.queue("fake-model", Step(usage={"prompt_tokens": 1000, "completion_tokens": 500}))
+        resp = httpx.post(f"{gateway.base_url}/chat/completions", json={"model": "gpt-test", "messages": MSG},
                           headers=headers)  # fmt: skip
-        assert resp.status_code == 200
-        time.sleep(0.3)  # separate batches
-    after = httpx.post(f"{gateway.base_url}/chat/completions", json={"model": "offline", "messages": MSG},
-                       headers={"authorization": f"Bearer {key}"}).headers["x-request-id"]  # fmt: skip
-    time.sleep(0.3)
+        assert resp.status_code == 200 and resp.headers["x-request-id"] == "reused-id-1"
+        time.sleep(pause)
+    gateway.run(gateway.gateway.traces.flush())
+    store = gateway.gateway.store
+    ids = sorted(r["id"] for r in gateway.run(store.recent_requests(team="team-a")))
+    assert ids[0] == "reused-id-1" and len(ids) == 3
+    assert all(re.fullmatch(r"reused-id-1~[0-9a-f]{16}", i) for i in ids[1:]) and ids[1] != ids[2]
+    assert gateway.run(store.spend_since(since=started - 1, team="team-a")) == pytest.approx(0.006)  # all three
     with gateway.admin() as admin:
         assert admin.get("/admin/requests/reused-id-1").status_code == 200
-        assert admin.get(f"/admin/requests/{after}").status_code == 200  # the log kept going
+        assert admin.get(f"/admin/requests/{ids[1]}").json()["prompt_tokens"] == 1000
     text = httpx.get(f"{gateway.url}/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}).text
-    assert "gengate_log_dropped_total 1.0" in text
+    assert "gengate_log_reused_request_ids_total 2.0" in text and "gengate_log_dropped_total 0.0" in text

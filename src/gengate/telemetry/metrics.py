@@ -42,6 +42,11 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.log_dropped = Counter("gengate_log_dropped", "Trace records that could not be written", registry=r)
+        self.log_reused_ids = Counter(
+            "gengate_log_reused_request_ids",
+            "Requests whose client-chosen x-request-id was already in the log (kept under a new id)",
+            registry=r,
+        )
         # Drift (refreshed by the gateway's drift task, see `gengate.outer.drift_service`).
         self.knowledge_changes = Gauge(
             "gengate_knowledge_changes_since_eval", "Document changes in an app's knowledge bases since its last "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -64,6 +65,12 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError))
+
+
+def reused_id(request_id: str) -> str:
+    """A fresh id for a request whose client-chosen id is already in the log: the id (cut to fit 64 characters),
+    `~` (which a client's id cannot contain) and 16 random hex digits."""
+    return f"{request_id[:47]}~{os.urandom(8).hex()}"
 
 
 def _row(record: TraceRecord) -> dict[str, Any]:
@@ -142,9 +149,10 @@ class TraceWriter:
         )  # fmt: skip
 
     async def _write_one_by_one(self, batch: list[TraceRecord]) -> list[TraceRecord]:
-        """After the database refused a batch for its content: write each record alone, drop (and count) the ones
-        it refuses — a duplicate request id from a client, say — so one bad record never stops the log. Returns
-        the records to retry (those that met a transient failure)."""
+        """After the database refused a batch for its content: write each record alone, so one bad record never
+        stops the log. A record whose request id is taken (a client sent the same `x-request-id` twice) is kept
+        under a new id (`reused_id`); one the database refuses otherwise is dropped and counted. Returns the records
+        to retry (those that met a transient failure)."""
         retry: list[TraceRecord] = []
         for record in batch:
             try:
@@ -153,9 +161,30 @@ class TraceWriter:
                 if _transient(exc):
                     retry.append(record)
                     continue
+                if isinstance(exc, sa.exc.IntegrityError) and await self._keep_under_new_id(record):
+                    continue
                 self._metrics.log_dropped.inc()
                 log.error("trace record %s refused by the database (%s); dropped", record.id, type(exc).__name__)
         return retry
+
+    async def _keep_under_new_id(self, record: TraceRecord) -> bool:
+        """Write a record whose id is already stored under a fresh one (True when that worked). Otherwise a client
+        could hide a request from the log, and from the spend it records, by reusing an earlier request's id."""
+        if await self._store.get_request(record.id) is None:
+            return False
+        original, record.id = record.id, reused_id(record.id)
+        for finding in record.findings:
+            if "request_id" in finding:
+                finding["request_id"] = record.id
+        try:
+            await self._write([record])
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            return False
+        self._metrics.log_reused_ids.inc()
+        log.warning("request id %s was already in the log; this request's record is %s", original, record.id)
+        return True
 
     def pending(self, request_id: str) -> TraceRecord | None:
         """A record still waiting to be written (a caller may ask about a request the writer holds)."""
