@@ -91,6 +91,24 @@ def test_cli_config_check(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "not valid YAML" in bad.output
 
 
+def test_cli_reads_the_current_directorys_gengate_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A newcomer writes gengate.yaml and runs commands next to it: no --config needed; an explicit one still wins.
+    (tmp_path / "gengate.yaml").write_text(
+        f"storage: {{data_dir: {tmp_path / 'data'}}}\n"
+        "models: {house-model: {deployments: [{provider: offline, model: house}]}}\n"
+    )
+    other = tmp_path / "other.yaml"
+    other.write_text(f"storage: {{data_dir: {tmp_path / 'other'}}}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GENGATE_CONFIG", raising=False)
+    runner = CliRunner()
+    assert "house-model" in runner.invoke(main, ["models"]).output
+    assert "house-model" not in runner.invoke(main, ["models", "-c", str(other)]).output
+    assert "house-model" not in runner.invoke(main, ["models"], env={"GENGATE_CONFIG": str(other)}).output
+    checked = runner.invoke(main, ["config", "check"])
+    assert checked.exit_code == 0 and "1 models" in checked.output
+
+
 def test_cli_keys_lifecycle_and_logs(tmp_path: Path) -> None:
     path = tmp_path / "g.yaml"
     path.write_text(f"storage: {{data_dir: {tmp_path / 'data'}}}\n")

@@ -122,6 +122,13 @@ def test_gate_fails_a_real_regression_and_passes_a_rerun(project: Path, tmp_path
     secret = [t for t in run["trials"] if t["case_id"] == "q-secret"]
     assert len(secret) == 2 and all(t["outcome"] == "no_answer" and t["passed"]["guard_outcome"] for t in secret)
 
+    # Not a run (the baselines file), or a run file damaged on disk: a clear message, not a traceback.
+    evals = tmp_path / "data" / "evals"
+    (evals / "torn.json").write_text((evals / f"{base}.json").read_text()[:300])
+    for name in ("baselines", "torn"):
+        refused = cli(project, "eval", "gate", name)
+        assert refused.exit_code == 1 and "is not a readable gengate run" in refused.output, refused.output
+
 
 def test_an_interrupted_run_resumes_without_redoing_finished_trials(project: Path, tmp_path: Path) -> None:
     settings = load_settings(project, environ={})

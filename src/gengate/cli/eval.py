@@ -45,7 +45,10 @@ def _load(settings: Settings, run_id: str) -> RunResult:
     path = _runs(settings) / f"{Path(run_id).name}.json"
     if not path.is_file():
         raise click.ClickException(f"no finished run {run_id!r} in {_runs(settings)}")
-    return run_from_json(path.read_text(encoding="utf-8"))
+    try:
+        return run_from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:  # not a run, or a damaged file
+        raise click.ClickException(f"{path} is not a readable gengate run: {exc}") from None
 
 
 def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
@@ -152,7 +155,7 @@ def _print_summary(result: RunResult) -> None:
     judge = f" + judge ${t.judge_cost_usd:.4f} ({t.judge_tokens} tokens)" if t.judge_tokens else ""
     click.echo(
         f"trials {t.trials} · errors {t.errors} · cost ${t.cost_usd:.4f}{judge} · "
-        f"tokens {t.prompt_tokens}+{t.completion_tokens} · latency p50 {t.latency_p50_ms} ms"
+        f"tokens {t.prompt_tokens}+{t.completion_tokens} · latency p50 {_ms(t.latency_p50_ms)}"
     )
 
 
@@ -298,3 +301,7 @@ def calibrate_metric(
             f"  Cohen's kappa {report.kappa:.3f} · precision {report.precision:.3f} · recall {report.recall:.3f} · "
             f"F1 {report.f1:.3f} at metric < {threshold} vs human < {human_threshold}"
         )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f} ms"

@@ -9,7 +9,7 @@ import time
 import click
 
 from gengate.auth.keys import KeySpec, create_key
-from gengate.cli.common import config_option, settings_or_exit, with_store
+from gengate.cli.common import config_option, config_path_or_local, settings_or_exit, with_store
 from gengate.cli.data import data
 from gengate.cli.dataset import dataset
 from gengate.cli.drift import drift
@@ -57,6 +57,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     """Run the gateway."""
     from gengate.server import serve as run
 
+    config_path = config_path_or_local(config_path)  # workers load the same file
     settings = settings_or_exit(config_path)
     if host is not None or port is not None:
         server = settings.server.model_copy(
@@ -84,7 +85,7 @@ def config() -> None:
 def config_check(path: str | None) -> None:
     """Validate a gengate.yaml; errors name the key and the line."""
     try:
-        settings = load_settings(path)
+        settings = load_settings(config_path_or_local(path))
     except GengateError as exc:
         click.echo(exc.message, err=True)
         sys.exit(1)
