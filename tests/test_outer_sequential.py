@@ -291,6 +291,17 @@ def test_waits_for_enough_evidence_before_flagging() -> None:
     assert later.checks[1].excess.high <= early.checks[1].excess.high
 
 
+def test_a_constant_metric_is_decided_not_left_open() -> None:
+    # A fixed price per answer: no spread at all in either arm. Doubling it is a breach; 5% more is within a 10%
+    # bound; the same price is neither.
+    def fixed(cost: float) -> dict[str, ContinuousStats]:
+        return {"cost": ContinuousStats(200, cost, 0.0)}
+
+    assert check_guardrails(fixed(0.002), fixed(0.004), {"cost": 0.10}).breached == ("cost",)
+    assert check_guardrails(fixed(0.002), fixed(0.0021), {"cost": 0.10}).breached == ()
+    assert check_guardrails(fixed(0.002), fixed(0.002), {"cost": 0.0}).breached == ()
+
+
 def test_guardrails_reject_a_missing_metric_or_a_changed_bound() -> None:
     control, treatment = arm(500, 0.002, 1.0, 0.02), arm(500, 0.002, 1.0, 0.02)
     with pytest.raises(ValueError, match="missing"):

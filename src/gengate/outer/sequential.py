@@ -243,6 +243,10 @@ def _look(a: ArmStats, b: ArmStats, *, tau2: float, min_n: int, scale: float = 1
     if isinstance(a, BinaryStats) and isinstance(b, BinaryStats) and scale == 1.0:
         pooled = _pooled_se2(np.float64(a.successes), np.float64(a.n), np.float64(b.successes), np.float64(b.n))
         se2 = max(se2, float(pooled))
+    if se2 <= 0 and estimate != 0:
+        # Every unit of both arms had the same value (a fixed price per answer, say): the difference is not
+        # unknowable but certain, so it gets a negligible standard error instead of never being decided.
+        se2 = (1e-9 * max(abs(b.mean), abs(scale * a.mean))) ** 2
     ratio = _mixture_ratio(tau2, a.n, b.n, scale)
     return _Look(estimate, se2, ratio, se2 > 0, span)
 
