@@ -112,6 +112,29 @@ async def test_migrations_apply_once_and_reopening_keeps_the_version(store_url: 
         await second.close()
 
 
+async def test_a_v7_database_gains_the_callers_groups_column_and_keeps_its_answers(store_url: str) -> None:
+    # Make the database as v7 left it: answers without `caller_groups`, schema version 7.
+    old = await open_store(store_url)
+    try:
+        async with old.engine.begin() as conn:
+            await conn.execute(sa.text("ALTER TABLE responses DROP COLUMN caller_groups"))
+            await conn.execute(sa.delete(schema_version).where(schema_version.c.version == 8))
+            await conn.execute(sa.text(
+                "INSERT INTO responses (request_id, ts, outcome, payload, cost_usd, latency_ms, findings, sources) "
+                "VALUES ('before-v8', 1.0, 'answered', 'none', 0, 0, 0, '[]')"
+            ))  # fmt: skip
+    finally:
+        await old.close()
+    upgraded = await open_store(store_url)
+    try:
+        assert await versions_recorded(upgraded) == [v for v, _ in MIGRATIONS]
+        async with upgraded.engine.connect() as conn:
+            rows = (await conn.execute(sa.text("SELECT request_id, caller_groups FROM responses"))).all()
+        assert [tuple(r) for r in rows] == [("before-v8", None)]
+    finally:
+        await upgraded.close()
+
+
 async def test_key_round_trips_with_every_field(store: Store) -> None:
     record = key_record(
         "a1b2c3d4", team="research", user="ada", models=("gpt-*", "offline"), rpm=60, tpm=10_000,

@@ -178,13 +178,13 @@ def test_payload_modes_redaction_and_duplicates(project: tuple[Path, RunningGate
     built = cli(config, "dataset", "from-traces", "everything", "--app", "hr")
     assert built.exit_code == 0, built.output
     assert "1 duplicate questions merged" in built.output
-    assert "run as the caller that asked, without groups" in built.output  # groups are not recorded
+    assert "without groups" not in built.output  # the caller's groups were recorded with the answers
     dataset = shown(config, "everything")
     assert_no_pii(json.dumps(dataset))
     assert dataset["case_count"] == 2
     leave = next(c for c in dataset["cases"] if "annual leave do I get" in c["question"])
     assert leave["metadata"]["occurrences"] == "2" and leave["metadata"]["feedback"] == "none"
-    assert leave["identity"]["subject"] == "bob" and leave["identity"]["groups"] == []
+    assert leave["identity"]["subject"] == "bob" and leave["identity"]["groups"] == ["staff"]
 
     anonymous = cli(config, "dataset", "from-traces", "anonymous", "--app", "hr", "--no-identity")
     assert anonymous.exit_code == 0 and all(c["identity"] is None for c in shown(config, "anonymous")["cases"])

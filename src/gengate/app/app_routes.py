@@ -280,6 +280,7 @@ def keep_response(call: Any, name: str, messages: list[dict[str, Any]], outcome:
         "answer": gateway.redactor.keep(outcome.text, app.payloads), "payload": app.payloads,
         "sources": orjson.dumps([{"kb": s.kb, "doc_id": s.doc_id, "version": s.version}
                                  for s in outcome.sources]).decode(),
+        "caller_groups": orjson.dumps(list(call.principal.groups)).decode() if call.principal else None,
     }  # fmt: skip
 
 

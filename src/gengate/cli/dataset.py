@@ -155,7 +155,9 @@ def diff_versions(config_path: str | None, name: str, v1: int, v2: int) -> None:
 @click.option("--with-findings", is_flag=True, help="Only answers with guard findings.")
 @click.option("--outcome", type=click.Choice(["answered", "no_answer", "blocked"]), default=None)
 @click.option("--tag", "tags", multiple=True, help="Extra tag on every case (repeatable).")
-@click.option("--group", "groups", multiple=True, help="Group for every identity (answers do not record groups).")
+@click.option(
+    "--group", "groups", multiple=True, help="Group for every identity (added to the groups answers recorded)."
+)
 @click.option("--no-identity", is_flag=True, help="Run cases as nobody instead of the caller that asked.")
 @click.option("--gold-from-citations", is_flag=True, help="Cited documents as gold ids (thumbs-up answers only).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Keep the newest N distinct questions.")

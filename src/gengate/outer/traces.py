@@ -8,9 +8,9 @@ reference. Cited documents become `gold_ids` only when asked for and only for an
 The same question asked many times becomes one case (its id is a hash of the redacted question, so re-importing
 newer traffic keeps matching it), with the newest answer and the number of occurrences.
 
-Cases run as the caller that asked when the answer recorded one (access control is part of what is evaluated),
-but the groups a caller had are not recorded with answers: such cases carry the subject and team only, plus any
-`groups` given, and the selection counts them.
+Cases run as the caller that asked when the answer recorded one (access control is part of what is evaluated):
+subject, team and the groups the caller had, plus any `groups` given. Answers stored before the groups were
+recorded (schema v8) carry the subject and team only; the selection counts the cases left without groups.
 
 Owns: `Trace`, `TraceOptions` and `cases_from_traces` (pure). Must not: query the store or import datasets.
 """
@@ -33,7 +33,7 @@ __all__ = ["Trace", "TraceOptions", "TraceSelection", "cases_from_traces", "feed
 class Trace:
     """One recorded answer with its latest thumbs (1 up, 0 down, None: no thumbs) and guard finding labels.
 
-    `groups` is None when the answer did not record the caller's groups (the `responses` table does not).
+    `groups` is None when the answer did not record the caller's groups (answers stored before schema v8).
     """
 
     request_id: str
@@ -63,7 +63,7 @@ class TraceOptions:
 
     tags: tuple[str, ...] = ()
     identity: bool = True  # run each case as the caller that asked (subject, team) when recorded
-    groups: tuple[str, ...] = ()  # added to every identity: answers do not record the caller's groups
+    groups: tuple[str, ...] = ()  # added to every identity (older answers did not record the caller's groups)
     gold_from_citations: bool = False
     limit: int | None = None
     sample: int | None = None
@@ -116,8 +116,8 @@ def cases_from_traces(traces: Sequence[Trace], options: TraceOptions, redact: Ca
     notes = []
     if without_groups:
         notes.append(
-            f"{without_groups} case(s) run as the caller that asked, without groups (answers do not record a "
-            "caller's groups): documents readable by group only will not be retrieved; add --group to give groups"
+            f"{without_groups} case(s) run as the caller that asked, without groups (none recorded with the "
+            "answer): documents readable by group only will not be retrieved; add --group to give groups"
         )
     return TraceSelection(
         cases=cases, selected=len(traces), skipped_payload_none=skipped_none, skipped_no_question=skipped_empty,

@@ -222,10 +222,21 @@ def _trace(row: dict[str, Any], labels: list[str]) -> Trace:
         sources = []
     return Trace(
         request_id=str(row["request_id"]), ts=float(row["ts"]), app=str(row["app"]), subject=row.get("subject"),
-        team=row.get("team"), groups=tuple(json.loads(row["groups"])) if row.get("groups") else None,
+        team=row.get("team"), groups=_groups(row.get("caller_groups")),
         experiment=row.get("experiment"), variant=row.get("variant"), outcome=str(row["outcome"]),
         question=row.get("question"), answer=row.get("answer"), payload=str(row["payload"]),
         cited=tuple(str(s["doc_id"]) for s in sources if isinstance(s, dict) and s.get("doc_id")),
         thumbs=None if row.get("thumbs") is None else float(row["thumbs"]), comment=row.get("thumbs_comment"),
         finding_labels=tuple(labels),
     )  # fmt: skip
+
+
+def _groups(raw: str | None) -> tuple[str, ...] | None:
+    """The caller's recorded groups (None for answers stored before they were recorded, or unreadable)."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return tuple(str(g) for g in value) if isinstance(value, list) else None

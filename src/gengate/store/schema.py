@@ -210,6 +210,9 @@ responses = sa.Table(
     sa.Column("latency_ms", sa.Float, nullable=False, default=0.0),
     sa.Column("findings", sa.Integer, nullable=False, default=0),
     sa.Column("sources", sa.Text, nullable=False, default="[]"),  # JSON [{kb, doc_id, version}] the answer cited
+    # JSON list of the caller's groups when it asked (v8; NULL on older rows): traces become cases that run as
+    # the same caller, group-readable documents included.
+    sa.Column("caller_groups", sa.Text, nullable=True),
 )
 sa.Index("ix_responses_app_ts", responses.c.app, responses.c.ts)
 sa.Index("ix_responses_subject", responses.c.subject)
@@ -409,6 +412,12 @@ def _v7(conn: Connection) -> None:
     metadata.create_all(conn, tables=[trace_steps])
 
 
+def _v8(conn: Connection) -> None:
+    # A database created at v5 or later by this code already has the column (create_all uses today's table).
+    if "caller_groups" not in {c["name"] for c in sa.inspect(conn).get_columns("responses")}:
+        conn.execute(sa.text("ALTER TABLE responses ADD COLUMN caller_groups TEXT"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7)
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8)
 ]  # fmt: skip
