@@ -636,6 +636,15 @@ async def test_rejects_token_without_subject(make_verifier: MakeVerifier) -> Non
     assert message == "token has no subject claim ('sub')"
 
 
+@pytest.mark.parametrize("field", ["sub", "team"])
+async def test_rejects_an_identity_claim_too_long_to_log_as_it_is(make_verifier: MakeVerifier, field: str) -> None:
+    verifier = make_verifier(hs_issuer())
+    assert (await verifier.verify(hs_token(claims(**{field: "x" * 200})))).subject
+    message = await verify_fails(verifier, hs_token(claims(**{field: "x" * 201})))
+    name = "subject" if field == "sub" else "team"
+    assert message == f"token {name} claim ('{field}') must be at most 200 characters, without NUL"
+
+
 # ---------------------------------------------------------------- malformed input and shape
 
 

@@ -327,6 +327,9 @@ def _lookup(claims: Mapping[str, object], path: str) -> object:
     return node
 
 
+MAX_IDENTITY_CHARS = 200  # subject and team, as the request log's columns hold them
+
+
 def _text_claim(claims: Mapping[str, object], path: str, field: str) -> str | None:
     """A string (or integer) claim, stripped; None when absent or empty."""
     value = _lookup(claims, path)
@@ -334,7 +337,14 @@ def _text_claim(claims: Mapping[str, object], path: str, field: str) -> str | No
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise AuthenticationError(f"token {field} claim ({path!r}) must be a string")
-    return str(value).strip() or None
+    text = str(value).strip()
+    if len(text) > MAX_IDENTITY_CHARS or "\x00" in text:
+        # The request log keeps subjects and teams in 200-character columns: two long subjects sharing their
+        # first 200 characters would otherwise become one caller there (and in feedback's ownership check).
+        raise AuthenticationError(
+            f"token {field} claim ({path!r}) must be at most {MAX_IDENTITY_CHARS} characters, without NUL"
+        )
+    return text or None
 
 
 def _names_claim(claims: Mapping[str, object], path: str, field: str) -> tuple[str, ...]:
