@@ -201,6 +201,9 @@ def test_trace_shows_principal_routing_findings_by_stage_and_the_app_response(gw
     for text in ("Stage: input", "Stage: output", "injection", "EMAIL", "helpdesk", "blocked", "leave.md",
                  "fake/fake-model", "<dt>Fallbacks</dt><dd>1</dd>", "<dt>Attempts</dt><dd>2</dd>"):  # fmt: skip
         assert text in page, text
+    # Two attempts but no steps: a record from before steps were kept, said so rather than "no upstream was tried".
+    assert page.count("Not recorded: this request was logged before gengate kept its steps.") == 3
+    assert "No upstream was tried." not in page
     # The cited document is not in the store (no such knowledge base here): said so, not shown as "nobody".
     assert cells(page, "Knowledge base") == [["handbook", "leave.md", "1", "—", "—", "", "no longer stored"]]
 

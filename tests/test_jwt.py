@@ -642,7 +642,7 @@ async def test_rejects_an_identity_claim_too_long_to_log_as_it_is(make_verifier:
     assert (await verifier.verify(hs_token(claims(**{field: "x" * 200})))).subject
     message = await verify_fails(verifier, hs_token(claims(**{field: "x" * 201})))
     name = "subject" if field == "sub" else "team"
-    assert message == f"token {name} claim ('{field}') must be at most 200 characters, without NUL"
+    assert message == f"token {name} claim ('{field}') is too long (at most 200 characters) or holds NUL"
 
 
 # ---------------------------------------------------------------- malformed input and shape

@@ -342,7 +342,7 @@ def _text_claim(claims: Mapping[str, object], path: str, field: str) -> str | No
         # The request log keeps subjects and teams in 200-character columns: two long subjects sharing their
         # first 200 characters would otherwise become one caller there (and in feedback's ownership check).
         raise AuthenticationError(
-            f"token {field} claim ({path!r}) must be at most {MAX_IDENTITY_CHARS} characters, without NUL"
+            f"token {field} claim ({path!r}) is too long (at most {MAX_IDENTITY_CHARS} characters) or holds NUL"
         )
     return text or None
 

@@ -220,6 +220,12 @@ async def trace(ctx: Ctx) -> Response:
     ])  # fmt: skip
     events = [[ts(e["ts"]), e["kind"], "—" if e["value"] is None else e["value"], e.get("comment") or ""]
               for e in detail.feedback]  # fmt: skip
+    # Every upstream attempt has been a step since schema v7: attempts without steps mean an older record.
+    unrecorded = (
+        render('<p class="muted">{t}</p>', t="Not recorded: this request was logged before gengate kept its steps.")
+        if not detail.steps and int(r["attempts"] or 0) > 0
+        else None
+    )
     body = render(
         '<p><a href="{back}">← Requests</a> · <span class="mono">{id}</span> · {when}</p>'
         "<h2>Principal</h2>{principal}<h2>Routing and retries</h2>{routing}<h2>Outcome and cost</h2>{cost}"
@@ -227,8 +233,8 @@ async def trace(ctx: Ctx) -> Response:
         "<h2>Retrieved chunks</h2>{chunks}<h2>Tool calls</h2>{tools}<h2>App response</h2>{response}"
         "<h2>Feedback</h2>{feedback}",
         back=f"{ctx.plane.prefix}/requests", id=r["id"], when=ts(r["ts"]), principal=principal, routing=routing,
-        cost=cost, attempts=_attempts(detail.steps), findings=_findings(detail.findings),
-        chunks=_retrieved(ctx, detail.steps), tools=_tools(detail.steps),
+        cost=cost, attempts=unrecorded or _attempts(detail.steps), findings=_findings(detail.findings),
+        chunks=unrecorded or _retrieved(ctx, detail.steps), tools=unrecorded or _tools(detail.steps),
         response=_response(ctx, detail.response, detail.sources),
         feedback=table(["Time (UTC)", "Kind", "Value", "Comment"], events, empty="No feedback."),
     )  # fmt: skip
