@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gengate.guard.base import ScanRequest
-from gengate.guard.detectors.pii import DEFAULT_ENTITIES, ENTITIES, OPT_IN_ENTITIES, PiiDetector
+from gengate.guard.detectors.pii import DEFAULT_ENTITIES, ENTITIES, OPT_IN_ENTITIES, PiiDetector, plausible
 from gengate.guard.detectors.pii_features import Featurizer, line_lengths, position_features, tokenize
 from gengate.guard.detectors.pii_names import Gazetteer
 from gengate.guard.detectors.pii_tagger import ARTIFACT, PiiTagger, TaggerModel
@@ -88,6 +88,38 @@ def test_default_entities_leave_ordinary_text_alone(default: PiiDetector, text: 
 @pytest.mark.parametrize(
     "text",
     [
+        "The film came out in (2017) and a sequel followed (2019).",  # years are not phone numbers
+        "Use a[::2] to take every second element of the list.",  # a slice is not an IPv6 address
+        "Ingredients | mango, 5, 500\nIngredients | apple, 3, 120",  # table cells are not addresses
+        "Set x = 5 and y = 12, then compute x + y.",
+        "Пожалуйста, составьте план. Спасибо!",  # capitalised words in a script the tagger never saw
+        "Напишите письмо. Коллеги ждут ответа.",
+    ],
+)
+def test_tagger_spans_that_cannot_be_what_they_are_labelled_are_dropped(everything: PiiDetector, text: str) -> None:
+    assert [label for label, _ in found(everything, text) if label != "pii.location"] == []
+
+
+@pytest.mark.parametrize(
+    ("entity", "value", "cased", "ok"),
+    [
+        ("phone_number", "(2017)", True, False), ("phone_number", "78 651 450", True, True),
+        ("driver_license", "f", True, False), ("driver_license", "F162823540116", True, True),
+        ("street_address", "= 27", True, False), ("street_address", "28245", True, True),
+        ("street_address", "231 - 1", True, False), ("street_address", "Herceg Gateway", True, True),
+        ("street_address", "Marina Fort", True, True), ("street_address", "Sad, Informal, Joyful", True, False),
+        ("street_address", "Hauptstraße 5", True, True), ("person", "rice", True, False),
+        ("person", "patricia desrosiers", False, True), ("person", "Tomáš Dvořák", True, True),
+        ("person", "Пожалуйста", True, False), ("age", "47", True, True), ("age", "forty", True, False),
+    ],
+)  # fmt: skip
+def test_plausibility_of_tagger_values(entity: str, value: str, cased: bool, ok: bool) -> None:
+    assert plausible(entity, value, cased) is ok
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
         "I worked at Globex Holdings for three years",
         "The conference moved from Vienna to Lisbon on Monday.",
         "Mr. Grant said the German team uses https://example.org/docs for this.",
@@ -118,7 +150,7 @@ def test_entities_option_restricts_tagger_labels(model: TaggerModel, gazetteer: 
 def test_tagger_entities_need_the_tagger() -> None:
     with pytest.raises(ValueError, match="need the tagger"):
         PiiDetector(entities=["location"], tagger=False)
-    assert PiiDetector(tagger=False).version == "2"
+    assert PiiDetector(tagger=False).version == "3"
 
 
 def test_findings_say_which_part_found_them(everything: PiiDetector) -> None:
@@ -143,7 +175,7 @@ def test_artifact_loads_from_package_data_without_network(monkeypatch: pytest.Mo
     model = TaggerModel.shipped()
     assert model.classes and len(model.features) == len(model.weights)
     assert len(model.version) == 12
-    assert PiiDetector().version == f"2+tagger.{model.version}"
+    assert PiiDetector().version == f"3+tagger.{model.version}"
 
 
 def test_version_follows_the_artifact(model: TaggerModel, gazetteer: Gazetteer) -> None:

@@ -14,10 +14,12 @@ tagger-only entities are unavailable). Scoring rules and measured quality are in
 from __future__ import annotations
 
 import functools
+import unicodedata
 from bisect import bisect_left
 from collections.abc import Iterable
 
 from gengate.guard.base import Finding, ScanRequest
+from gengate.guard.detectors.pii_features import names_a_street
 from gengate.guard.detectors.pii_names import AddressRecognizer, Gazetteer, NameRecognizer
 from gengate.guard.detectors.pii_patterns import DEFAULT_SPECS, Candidate, PatternRecognizer
 from gengate.guard.detectors.pii_tagger import PiiTagger, TaggerModel
@@ -129,7 +131,7 @@ class PiiDetector:
             self._names = NameRecognizer(names) if names is not None and "person" in self.entities else None
             self._addresses = AddressRecognizer(address_locality) if "street_address" in self.entities else None
         # The artifact's hash is part of the version, so recorded findings say which model produced them.
-        self.version = "2" if self._tagger is None else f"2+tagger.{self._tagger.model.version}"
+        self.version = "3" if self._tagger is None else f"3+tagger.{self._tagger.model.version}"
 
     def _rule_candidates(self, text: str, rejected: list[tuple[int, int]] | None = None) -> list[Candidate]:
         out: list[Candidate] = []
@@ -145,10 +147,11 @@ class PiiDetector:
     def _tagged_candidates(self, text: str) -> list[Candidate]:
         if self._tagger is None:
             return []
+        cased = text != text.lower()
         return [
             Candidate(f"pii.{span.entity}", span.start, span.end, span.score)
             for span in self._tagger.find(text)
-            if span.entity in self.entities
+            if span.entity in self.entities and plausible(span.entity, text[span.start : span.end], cased)
         ]
 
     def candidates(self, text: str) -> list[Candidate]:
@@ -215,3 +218,42 @@ def resolve_overlaps(candidates: Iterable[Candidate]) -> list[Candidate]:
         starts.insert(i, cand.start)
         by_start.insert(i, cand)
     return by_start
+
+
+_NOT_IN_ADDRESSES = frozenset("=|<>≤≥*+{}[]^~$%")
+
+
+def plausible(entity: str, value: str, cased: bool = True) -> bool:
+    """Whether a tagger span can be what it is labelled: the checks a value of that kind always passes (the
+    tagger learned from PII-dense templates and, on ordinary text, sometimes calls a year "(2017)" a phone number,
+    a list of words an address or a letter a licence). Every gold value of the training templates passes them.
+    `cased`: the text has upper-case letters (in an all-lower-case text a name is lower-case too)."""
+    digits = sum(ch.isdigit() for ch in value)
+    if entity == "phone_number":
+        return digits >= 7  # the shortest national numbers have 7 digits
+    if entity == "driver_license":
+        return digits >= 5 and len(value) >= 6
+    if entity == "street_address":
+        if not (value[:1].isalnum() and (value[-1:].isalnum() or value.endswith("."))):
+            return False  # an address part starts with a word or number and ends with one (or "Apt.")
+        if any(ch in _NOT_IN_ADDRESSES for ch in value):
+            return False
+        if not any(ch.isalpha() for ch in value):
+            return value.isdigit()  # a bare house number or postcode, as some address conventions split them
+        return digits > 0 or names_a_street(value)
+    if entity == "person":
+        # Names in Latin script only: the training data has no other, and on other scripts the tagger calls any
+        # capitalised word a name (a Russian "Пожалуйста" at the start of a sentence).
+        if cased and value == value.lower():
+            return False  # "rice", "else": in a text with capitals, a name has one
+        return all(_latin(ch) for ch in value if ch.isalpha())
+    if entity == "zip_code":
+        return digits >= 3
+    if entity == "age":
+        return 0 < digits <= 3
+    return True
+
+
+@functools.cache
+def _latin(ch: str) -> bool:
+    return ch.isascii() or unicodedata.name(ch, "").startswith("LATIN")

@@ -117,12 +117,13 @@ def medicare_ok(digits: str) -> bool:
 
 
 def ip_ok(candidate: str) -> bool:
-    """A syntactically valid IPv4 or IPv6 address (the stdlib parser decides)."""
+    """A syntactically valid IPv4 or IPv6 address (the stdlib parser decides); an IPv6 one needs two non-empty
+    groups, so slices and scopes in code (`a[::2]`, `std::`) are not addresses."""
     try:
-        ipaddress.ip_address(candidate)
+        address = ipaddress.ip_address(candidate)
     except ValueError:
         return False
-    return True
+    return address.version == 4 or sum(1 for group in candidate.split(":") if group) >= 2
 
 
 def date_ok(year: int, month: int, day: int) -> bool:

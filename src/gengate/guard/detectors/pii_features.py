@@ -55,6 +55,24 @@ _STREET_ENDING = re.compile(rf".{{2,}}(?:{_STREET_ENDINGS_TEXT})")
 _STREET_SUFFIXES = tuple(_STREET_ENDINGS_TEXT.split("|"))
 _UNIT_TEXT = "apt apartment suite ste unit flat level floor fl box po psc gpo bag lot"
 _UNIT_WORDS = frozenset(_UNIT_TEXT.split())
+# Street types of USPS Publication 28 missing above (they are not tagger features; `names_a_street` uses them).
+_MORE_STREET_TYPES_TEXT = "fort mall lodge park pier run camp cape hollow orchard garden neck ramp radial"
+_MORE_STREET_TYPES = frozenset(_MORE_STREET_TYPES_TEXT.split())
+_WORD_RUN = re.compile(r"[^\W\d_]+")
+
+
+def names_a_street(text: str) -> bool:
+    """Whether a text without a house number can still be an address: it holds a street type ("Loop", "Fort"),
+    a street prefix ("rue", "via") or a word with a street ending ("Puruntie", "Hauptstraße")."""
+    for word in _WORD_RUN.findall(text):
+        low = word.lower()
+        if low in _STREET_TYPES or low in _MORE_STREET_TYPES or low in _STREET_PREFIXES or low in _UNIT_WORDS:
+            return True
+        if low.endswith(_STREET_SUFFIXES) and _STREET_ENDING.fullmatch(low):
+            return True
+    return False
+
+
 _CALENDAR_TEXT = """
 monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs fri sat sun january february
 march april may june july august september october november december jan feb mar apr jun jul aug sep sept oct nov dec
