@@ -215,7 +215,7 @@ async def _ask_model(
                 call.trace.attempts += len(route.attempts)
                 call.trace.fallbacks += route.fallbacks
                 call.trace.steps.extend(attempt_steps(route.attempts, round_no))
-                call.count_failed_attempts(route)
+                gateway.metrics.count_failed_attempts(route.attempts)
             usage = usage_of(result) or Usage()
             prompt += usage.prompt_tokens
             completion += usage.completion_tokens

@@ -72,12 +72,6 @@ class Call:
         self.trace.key_id = self.principal.key_id
         return self.principal
 
-    def count_failed_attempts(self, route: RouteLog) -> None:
-        """Count the route's failed upstream attempts in `gengate_upstream_errors` (by deployment)."""
-        for attempt in route.attempts:
-            if not attempt.ok:
-                self.gateway.metrics.upstream_errors.labels(attempt.deployment).inc()
-
     async def settle(self, usage: Usage | None, route: RouteLog) -> None:
         """Record the actual cost against the reservation (zero when nothing was served)."""
         trace = self.trace
@@ -87,7 +81,7 @@ class Call:
             trace.fallbacks = route.fallbacks
             # Settling may run twice (an output check failing after the answer was settled): keep one copy.
             trace.steps = [s for s in trace.steps if s["kind"] != ATTEMPT] + attempt_steps(route.attempts)
-        self.count_failed_attempts(route)
+        self.gateway.metrics.count_failed_attempts(route.attempts)
         cost = 0
         if route.attempts:
             trace.deployment = route.attempts[-1].deployment

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _Attempt(Protocol):
+    """What counting needs of a routing attempt (`gengate.providers.routing.Attempt`)."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def deployment(self) -> str: ...
 
 
 class Metrics:
@@ -89,6 +100,12 @@ class Metrics:
             completion.inc(completion_tokens)
         if cost_usd:
             cost.inc(cost_usd)
+
+    def count_failed_attempts(self, attempts: Iterable[_Attempt]) -> None:
+        """Count the failed ones among a route's upstream attempts in `gengate_upstream_errors` (by deployment)."""
+        for attempt in attempts:
+            if not attempt.ok:
+                self.upstream_errors.labels(attempt.deployment).inc()
 
     def render(self) -> bytes:
         """The text exposition format."""
