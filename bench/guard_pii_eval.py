@@ -17,6 +17,11 @@ word of the test split's gold PERSON, STREET_ADDRESS, GPE, ORGANIZATION, NRP and
 *and* withholds those words' identity features from the tagger (as if never seen in training): the number to
 quote for unseen names.
 
+Ordinary text: the default detector also scans two sets of prompts without labelled PII (self-instruct-benign,
+injecguard-notinject) and counts what it reports there. Some of it is real (names of public figures, an example
+e-mail address), so the counts bound false positives from above; they show how much of a normal prompt a
+`redact` rule would mask.
+
     python bench/guard_pii_eval.py [--dataset PATH] [--split test|dev|all] [--errors N] [--cpu N]
 """
 
@@ -195,6 +200,27 @@ def pin_to_one_core(cpu: int | None) -> int | None:
     return chosen
 
 
+ORDINARY = {"self-instruct-benign": "self-instruct-benign", "injecguard-notinject": "injecguard-notinject"}
+
+
+def ordinary_text(detector: PiiDetector) -> dict[str, dict[str, object]]:
+    """Per prompt set: texts, texts with any finding, findings by label (most frequent first)."""
+    out: dict[str, dict[str, object]] = {}
+    for name, folder in ORDINARY.items():
+        path = SHARED / "datasets" / folder / "normalized.jsonl"
+        texts = [str(json.loads(line)["text"]) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        counts: dict[str, int] = defaultdict(int)
+        flagged = 0
+        for text in texts:
+            findings = detector.scan(ScanRequest(text))
+            flagged += bool(findings)
+            for f in findings:
+                counts[f.label] += 1
+        ranked = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        out[name] = {"texts": len(texts), "with_findings": flagged, "findings": ranked}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=DATASET)
@@ -239,6 +265,11 @@ def main() -> None:
     print("\nprecision per predicted label (tagger/all_entities/shipped):")
     for k, v in details["tagger/all_entities/shipped/all"]["precision_per_label"].items():  # type: ignore[attr-defined]
         print(f"  {k:22} {v['precision']:6.3f}  (n={v['pred']})")
+    report["ordinary_text"] = ordinary = ordinary_text(PiiDetector())
+    print("\nordinary prompts (no labelled PII), default detector:")
+    for name, got in ordinary.items():
+        labels = ", ".join(f"{k.removeprefix('pii.')} {v}" for k, v in got["findings"].items())
+        print(f"  {name:22} {got['with_findings']:4} of {got['texts']:4} texts with findings ({labels})")
     cpu = pin_to_one_core(args.cpu)
     lat: dict[str, dict[str, dict[str, float]]] = {}
     fresh = {  # new instances, so no configuration inherits another's warm caches

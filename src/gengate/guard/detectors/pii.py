@@ -247,8 +247,6 @@ def plausible(entity: str, value: str, cased: bool = True) -> bool:
         if cased and value == value.lower():
             return False  # "rice", "else": in a text with capitals, a name has one
         return all(_latin(ch) for ch in value if ch.isalpha())
-    if entity == "zip_code":
-        return digits >= 3
     if entity == "age":
         return 0 < digits <= 3
     return True
