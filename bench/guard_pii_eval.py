@@ -18,9 +18,9 @@ word of the test split's gold PERSON, STREET_ADDRESS, GPE, ORGANIZATION, NRP and
 quote for unseen names.
 
 Ordinary text: the default detector also scans two sets of prompts without labelled PII (self-instruct-benign,
-injecguard-notinject) and counts what it reports there. Some of it is real (names of public figures, an example
-e-mail address), so the counts bound false positives from above; they show how much of a normal prompt a
-`redact` rule would mask.
+only the half whose lines never train the tagger; injecguard-notinject, never used in training) and counts what it
+reports there. Some of it is real (names of public figures, an example e-mail address), so the counts bound false
+positives from above; they show how much of a normal prompt a `redact` rule would mask.
 
     python bench/guard_pii_eval.py [--dataset PATH] [--split test|dev|all] [--errors N] [--cpu N]
 """
@@ -28,6 +28,7 @@ e-mail address), so the counts bound false positives from above; they show how m
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -200,6 +201,11 @@ def pin_to_one_core(cpu: int | None) -> int | None:
     return chosen
 
 
+def in_training_half(text: str) -> bool:
+    """The half of self-instruct-benign whose lines may train the tagger (as scripts/train_pii_tagger.py splits)."""
+    return hashlib.sha256(text.encode("utf-8")).digest()[0] % 2 == 0
+
+
 ORDINARY = {"self-instruct-benign": "self-instruct-benign", "injecguard-notinject": "injecguard-notinject"}
 
 
@@ -209,6 +215,8 @@ def ordinary_text(detector: PiiDetector) -> dict[str, dict[str, object]]:
     for name, folder in ORDINARY.items():
         path = SHARED / "datasets" / folder / "normalized.jsonl"
         texts = [str(json.loads(line)["text"]) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        if name == "self-instruct-benign":  # the other half's lines may train the tagger (negative examples)
+            texts = [t for t in texts if not in_training_half(t)]
         counts: dict[str, int] = defaultdict(int)
         flagged = 0
         for text in texts:

@@ -16,12 +16,15 @@ constraints. Identity and gazetteer features are dropped at random while trainin
     python scripts/train_pii_tagger.py --validate    # template-fold cross-validation of the settings, no artifact
     python scripts/train_pii_tagger.py               # train on all training templates, write the artifact
 
-Also: sentences refilled from the training templates with other values (`refill`, `--copies`).
+Also: sentences refilled from the training templates with other values (`refill`, `--copies`), and optionally
+PII-free lines of benign prompts as all-outside examples (`--negatives N`; tried, not used for the shipped model:
+see docs/guard-pii.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import math
@@ -420,16 +423,53 @@ def validation_counts(model: TaggerModel, rows: list[Row], gazetteer: Gazetteer)
     return out
 
 
-def examples_for(rows: list[Row], featurizer: Featurizer, copies: int, seed: int) -> list[Example]:
-    """The rows as examples, plus `copies` refilled variants of each (see `refill`)."""
+def examples_for(
+    rows: list[Row],
+    featurizer: Featurizer,
+    copies: int,
+    seed: int,
+    negatives: list[str] = (),  # type: ignore[assignment]
+) -> list[Example]:
+    """The rows as examples, plus `copies` refilled variants of each (see `refill`), plus `negatives` (lines with
+    no PII: every tag outside)."""
     base = [make_example(featurizer, str(r["full_text"]), gold_spans(r)) for r in rows]
     extra = [make_example(featurizer, t, g) for t, g in refill(rows, featurizer.gazetteer, copies, seed)]
-    return base + extra
+    return base + extra + [make_example(featurizer, line, []) for line in negatives]
+
+
+NEGATIVES = ROOT.parent / "shared/datasets/self-instruct-benign/normalized.jsonl"
+_SENTENCE_START = re.compile(r"(?:^|[.!?:]\s+|^\W*)$")
+
+
+def in_negative_half(text: str) -> bool:
+    """The half of the benign prompts whose lines may train (the other half measures, in bench/guard_pii_eval.py)."""
+    return hashlib.sha256(text.encode("utf-8")).digest()[0] % 2 == 0
+
+
+def negative_lines(path: Path, limit: int) -> list[str]:
+    """Lines of benign prompts (self-instruct-benign, Apache-2.0; the training half only) that hold no PII by
+    construction: capitals only where a sentence or line begins, no digits, no "@". Names of public figures in
+    these prompts are capitalised mid-sentence, so no real name is ever labelled outside."""
+    out: list[str] = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        text = str(json.loads(raw)["text"]) if raw.strip() else ""
+        if not text or not in_negative_half(text):
+            continue
+        for line in text.splitlines():
+            line = line.strip()
+            if not 3 <= len(line) <= 300 or "@" in line or any(ch.isdigit() for ch in line):
+                continue
+            spans = tokenize(line)
+            if all(not line[a:b][:1].isupper() or _SENTENCE_START.search(line[:a]) for a, b in spans):
+                out.append(line)
+    return out[:limit]
 
 
 def cross_validate(rows: list[Row], gazetteer: Gazetteer, args: argparse.Namespace) -> None:
     """Template-fold cross-validation of the settings on the training templates (prints micro-averaged F2)."""
     featurizer = Featurizer(gazetteer)
+    negatives = negative_lines(args.negatives_file, args.negatives) if args.negatives else []
+    print(f"  {len(negatives)} negative lines", file=sys.stderr)
     epochs = sorted({max(1, args.epochs // 2), args.epochs, args.epochs + args.epochs // 2})
     totals: dict[tuple[int, str], list[int]] = {}
     for k in range(args.folds):
@@ -437,7 +477,7 @@ def cross_validate(rows: list[Row], gazetteer: Gazetteer, args: argparse.Namespa
         val = [r for r in rows if fold_of(int(r["template_id"]), args.folds) == k]
         per_seed = []
         for seed in range(args.seed, args.seed + args.runs):
-            examples = examples_for(fit, featurizer, args.copies, seed)
+            examples = examples_for(fit, featurizer, args.copies, seed, negatives)
             per_seed.append(train(examples, max(epochs), args.drop_ident, args.drop_flags, seed, log=False))
         for e in epochs:
             model = merge([models[e - 1] for models in per_seed], {}, args.prune)
@@ -470,6 +510,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--runs", type=int, default=3, help="models (seeds) averaged into the shipped one")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--negatives", type=int, default=0, help="at most this many PII-free lines (0: none)")
+    parser.add_argument("--negatives-file", type=Path, default=NEGATIVES)
     args = parser.parse_args()
     rows = load(args.dataset)
     gazetteer = Gazetteer.shipped()
@@ -480,10 +522,11 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     featurizer = Featurizer(gazetteer)
+    negatives = negative_lines(args.negatives_file, args.negatives) if args.negatives else []
     runs = []
     for seed in range(args.seed, args.seed + args.runs):
         print(f"run with seed {seed}", file=sys.stderr)
-        examples = examples_for(rows, featurizer, args.copies, seed)
+        examples = examples_for(rows, featurizer, args.copies, seed, negatives)
         perceptron = train_perceptron(examples, args.epochs, args.drop_ident, args.drop_flags, seed)
         runs.append(to_model(perceptron, {}))
     meta: dict[str, object] = {
@@ -496,6 +539,7 @@ def main() -> None:
         "training_rows": len(rows),
         "training_templates": templates,
         "split": "presidio-synth-pii templates with template_id % 3 != 0",
+        **({"negatives": len(negatives)} if negatives else {}),
     }
     model = merge(runs, meta, args.prune)
     model = replace(model, meta={**meta, "score_scale": score_scale(model, rows, gazetteer)})
