@@ -410,14 +410,16 @@ def held_words(rows: list[Row]) -> frozenset[str]:
     return frozenset(w.lower() for s in spans for w in re.findall(r"[^\W\d_]+", s["entity_value"]))
 
 
-def validation_counts(model: TaggerModel, rows: list[Row], gazetteer: Gazetteer) -> dict[str, tuple[int, int, int]]:
+def validation_counts(
+    model: TaggerModel, rows: list[Row], gazetteer: Gazetteer, bias: float = 0.0
+) -> dict[str, tuple[int, int, int]]:
     """Counts on held-out rows: all gold types with all entities, in-scope types with the rule entities; `seen`
     with the shipped gazetteer, `unseen` with the rows' own words removed from it and withheld from the
     tagger's vocabulary."""
     out = {}
     held = held_words(rows)
     for variant, gaz, unknown in (("seen", gazetteer, frozenset()), ("unseen", gazetteer.without(held), held)):
-        tagger = PiiTagger(model, gaz, unknown)
+        tagger = PiiTagger(model, gaz, unknown, outside_bias=bias)
         out[f"{variant}/all"] = strict_counts(PiiDetector(entities=ENTITIES, tagger=tagger), rows, None)
         out[f"{variant}/in_scope"] = strict_counts(PiiDetector(entities=RULE_ENTITIES, tagger=tagger), rows, IN_SCOPE)
     return out
@@ -481,14 +483,16 @@ def cross_validate(rows: list[Row], gazetteer: Gazetteer, args: argparse.Namespa
             per_seed.append(train(examples, max(epochs), args.drop_ident, args.drop_flags, seed, log=False))
         for e in epochs:
             model = merge([models[e - 1] for models in per_seed], {}, args.prune)
-            for key, counts in validation_counts(model, val, gazetteer).items():
-                total = totals.setdefault((e, key), [0, 0, 0])
-                for i, c in enumerate(counts):
-                    total[i] += c
+            for bias in args.outside_bias:
+                for key, counts in validation_counts(model, val, gazetteer, bias).items():
+                    total = totals.setdefault((e, bias, key), [0, 0, 0])
+                    for i, c in enumerate(counts):
+                        total[i] += c
         print(f"  fold {k + 1}/{args.folds} done", file=sys.stderr)
     for e in epochs:
-        scores = {key: f2((t[0], t[1], t[2])) for (ee, key), t in totals.items() if ee == e}
-        print(f"epochs={e} {json.dumps(scores)}")
+        for bias in args.outside_bias:
+            scores = {key: f2((t[0], t[1], t[2])) for (ee, b, key), t in totals.items() if (ee, b) == (e, bias)}
+            print(f"epochs={e} outside_bias={bias:g} {json.dumps(scores)}")
 
 
 def load(dataset: Path) -> list[Row]:
@@ -510,6 +514,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--runs", type=int, default=3, help="models (seeds) averaged into the shipped one")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--outside-bias",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="decoding biases to cross-validate (the first is written into the artifact if > 0)",
+    )
     parser.add_argument("--negatives", type=int, default=0, help="at most this many PII-free lines (0: none)")
     parser.add_argument("--negatives-file", type=Path, default=NEGATIVES)
     args = parser.parse_args()

@@ -343,3 +343,11 @@ def test_docs_example_runs(tmp_path: Path) -> None:
     example.write_text(doc.split("```python\n", 1)[1].split("```", 1)[0], encoding="utf-8")
     namespace = runpy.run_path(str(example))
     assert {f.label for f in namespace["findings"]} == {"pii.person", "pii.credit_card"}
+
+
+def test_an_outside_bias_proposes_more_spans(model: TaggerModel, gazetteer: Gazetteer) -> None:
+    text = "Please forward the Lindqvist file to Okafor before the Tuesday meeting in Room 4."
+    plain = list(PiiTagger(model, gazetteer).find(text))
+    assert PiiTagger(model, gazetteer).outside_bias == 0.0  # the shipped artifact carries no bias
+    biased = list(PiiTagger(model, gazetteer, outside_bias=60.0).find(text))
+    assert len(biased) > len(plain)

@@ -145,10 +145,16 @@ class PiiTagger:
     gazetteer that lacks them too, it measures the tagger on genuinely unseen names (bench only).
     """
 
-    def __init__(self, model: TaggerModel, gazetteer: Gazetteer, unknown: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, model: TaggerModel, gazetteer: Gazetteer, unknown: frozenset[str] = frozenset(),
+        outside_bias: float | None = None,
+    ) -> None:  # fmt: skip
         self.model = model
         self.featurizer = Featurizer(gazetteer)
         self.unknown = unknown
+        # Subtracted from every token's "outside" score: > 0 proposes more spans (recall over precision). The
+        # artifact may carry the value chosen by cross-validation (`meta["outside_bias"]`).
+        self.outside_bias = float(model.meta.get("outside_bias", 0.0) if outside_bias is None else outside_bias)
         allowed = allowed_transitions(model.classes)
         self._trans = np.where(allowed, model.transitions, np.float32(_FORBIDDEN)).astype(np.float32)
         self._start = np.where(allowed[0], model.start, np.float32(_FORBIDDEN)).astype(np.float32)
@@ -316,6 +322,8 @@ class PiiTagger:
             else:
                 em[: max(0, n - offset)] += table[rows[offset:, slot]]
                 em[max(0, n - offset) :] += edge
+        if self.outside_bias:
+            em[:, 0] -= self.outside_bias
         return em
 
     def _layout_rows(self, kinds: list[str], shorts: list[str]) -> list[int]:
