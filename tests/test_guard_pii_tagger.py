@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gengate.guard.base import ScanRequest
-from gengate.guard.detectors.pii import DEFAULT_ENTITIES, ENTITIES, OPT_IN_ENTITIES, PiiDetector, plausible
+from gengate.guard.detectors.pii import DEFAULT_ENTITIES, ENTITIES, OPT_IN_ENTITIES, PiiDetector, plausible, trim_name
 from gengate.guard.detectors.pii_features import Featurizer, line_lengths, position_features, tokenize
 from gengate.guard.detectors.pii_names import Gazetteer
 from gengate.guard.detectors.pii_tagger import ARTIFACT, PiiTagger, TaggerModel
@@ -343,6 +343,17 @@ def test_docs_example_runs(tmp_path: Path) -> None:
     example.write_text(doc.split("```python\n", 1)[1].split("```", 1)[0], encoding="utf-8")
     namespace = runpy.run_path(str(example))
     assert {f.label for f in namespace["findings"]} == {"pii.person", "pii.credit_card"}
+
+
+@pytest.mark.parametrize(
+    ("value", "trimmed"),
+    [("M. C. Escher made", "M. C. Escher"), ("Tracey said", "Tracey"), ("Dyan van Gijn", "Dyan van Gijn"),
+     ("van Gogh", "van Gogh"), ("Hauta-aho", "Hauta-aho"), ("add rice", "")],
+)  # fmt: skip
+def test_names_lose_the_lower_case_words_at_their_edges(value: str, trimmed: str) -> None:
+    text = f"In this Text: {value}"
+    start, end = trim_name(text, text.index(value), len(text))
+    assert text[start:end] == trimmed
 
 
 def test_an_outside_bias_proposes_more_spans(model: TaggerModel, gazetteer: Gazetteer) -> None:

@@ -14,6 +14,7 @@ tagger-only entities are unavailable). Scoring rules and measured quality are in
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -148,11 +149,16 @@ class PiiDetector:
         if self._tagger is None:
             return []
         cased = text != text.lower()
-        return [
-            Candidate(f"pii.{span.entity}", span.start, span.end, span.score)
-            for span in self._tagger.find(text)
-            if span.entity in self.entities and plausible(span.entity, text[span.start : span.end], cased)
-        ]
+        out = []
+        for span in self._tagger.find(text):
+            if span.entity not in self.entities:
+                continue
+            start, end = span.start, span.end
+            if span.entity == "person" and cased:
+                start, end = trim_name(text, start, end)
+            if end > start and plausible(span.entity, text[start:end], cased):
+                out.append(Candidate(f"pii.{span.entity}", start, end, span.score))
+        return out
 
     def candidates(self, text: str) -> list[Candidate]:
         """Every candidate before overlap resolution and threshold (for evaluation and debugging)."""
@@ -255,3 +261,26 @@ def plausible(entity: str, value: str, cased: bool = True) -> bool:
 @functools.cache
 def _latin(ch: str) -> bool:
     return ch.isascii() or unicodedata.name(ch, "").startswith("LATIN")
+
+
+# Lower-case words that may begin a name ("van Gogh", "de Gaulle", "al-Khwarizmi" is one word anyway).
+_NAME_PARTICLES_TEXT = "van von de da di du del della der den le la bin ibn al el dos das ter ten"
+_NAME_PARTICLES = frozenset(_NAME_PARTICLES_TEXT.split())
+_WORD = re.compile(r"\S+")
+
+
+def trim_name(text: str, start: int, end: int) -> tuple[int, int]:
+    """A person span without the lower-case words at its edges, in a text that has capitals: "M. C. Escher made"
+    becomes "M. C. Escher", "Tracey said" "Tracey" (a leading particle such as "van" stays). Empty when nothing
+    is left."""
+    words = [(m.start() + start, m.end() + start) for m in _WORD.finditer(text[start:end])]
+
+    def lower(word: tuple[int, int], particles: frozenset[str] = frozenset()) -> bool:
+        value = text[word[0] : word[1]]
+        return value.isalpha() and value.islower() and value not in particles
+
+    while words and lower(words[-1]):
+        words.pop()
+    while words and lower(words[0], _NAME_PARTICLES):
+        words.pop(0)
+    return (words[0][0], words[-1][1]) if words else (start, start)
