@@ -519,7 +519,7 @@ def main() -> None:
         type=float,
         nargs="+",
         default=[0.0],
-        help="decoding biases to cross-validate (the first is written into the artifact if > 0)",
+        help="with --validate: decoding biases towards entities to compare (PiiTagger.outside_bias)",
     )
     parser.add_argument("--negatives", type=int, default=0, help="at most this many PII-free lines (0: none)")
     parser.add_argument("--negatives-file", type=Path, default=NEGATIVES)

@@ -161,8 +161,16 @@ class TraceWriter:
                 if _transient(exc):
                     retry.append(record)
                     continue
-                if isinstance(exc, sa.exc.IntegrityError) and await self._keep_under_new_id(record):
-                    continue
+                if isinstance(exc, sa.exc.IntegrityError):
+                    try:
+                        kept = await self._keep_under_new_id(record)
+                    except Exception as again:
+                        if _transient(again):
+                            retry.append(record)  # under its new id, which stays free
+                            continue
+                        kept = False
+                    if kept:
+                        continue
                 self._metrics.log_dropped.inc()
                 log.error("trace record %s refused by the database (%s); dropped", record.id, type(exc).__name__)
         return retry
@@ -178,9 +186,7 @@ class TraceWriter:
                 finding["request_id"] = record.id
         try:
             await self._write([record])
-        except Exception as exc:
-            if _transient(exc):
-                raise
+        except sa.exc.IntegrityError:
             return False
         self._metrics.log_reused_ids.inc()
         log.warning("request id %s was already in the log; this request's record is %s", original, record.id)

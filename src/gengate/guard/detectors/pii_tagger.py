@@ -147,14 +147,14 @@ class PiiTagger:
 
     def __init__(
         self, model: TaggerModel, gazetteer: Gazetteer, unknown: frozenset[str] = frozenset(),
-        outside_bias: float | None = None,
+        outside_bias: float = 0.0,
     ) -> None:  # fmt: skip
         self.model = model
         self.featurizer = Featurizer(gazetteer)
         self.unknown = unknown
-        # Subtracted from every token's "outside" score: > 0 proposes more spans (recall over precision). The
-        # artifact may carry the value chosen by cross-validation (`meta["outside_bias"]`).
-        self.outside_bias = float(model.meta.get("outside_bias", 0.0) if outside_bias is None else outside_bias)
+        # Subtracted from every token's "outside" score: > 0 proposes more spans, recall over precision
+        # (cross-validated by `scripts/train_pii_tagger.py --validate --outside-bias`; the shipped tagger uses 0).
+        self.outside_bias = float(outside_bias)
         allowed = allowed_transitions(model.classes)
         self._trans = np.where(allowed, model.transitions, np.float32(_FORBIDDEN)).astype(np.float32)
         self._start = np.where(allowed[0], model.start, np.float32(_FORBIDDEN)).astype(np.float32)
