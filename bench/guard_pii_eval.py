@@ -28,21 +28,24 @@ positives from above; they show how much of a normal prompt a `redact` rule woul
 from __future__ import annotations
 
 import argparse
-import hashlib
+import importlib.util
 import json
 import os
 import random
 import re
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import ModuleType
 
 from gengate.guard.base import ScanRequest
 from gengate.guard.detectors.pii import DEFAULT_ENTITIES, ENTITIES, RULE_ENTITIES, PiiDetector
 from gengate.guard.detectors.pii_names import Gazetteer
 from gengate.guard.detectors.pii_tagger import PiiTagger, TaggerModel
 
+ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GENGATE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 DATASET = SHARED / "datasets/presidio-synth-pii/original/data/synth_dataset_v2.json"
 RESULTS = Path(__file__).parent / "results" / "guard_pii.json"
@@ -52,9 +55,19 @@ IN_SCOPE = frozenset(
 Span = tuple[int, int]
 
 
-def in_test(template_id: int) -> bool:
-    """The held-out part of the split."""
-    return template_id % 3 == 0
+def _training_script() -> ModuleType:
+    """scripts/ is not a package: the split definitions are read from the training script, so they cannot drift."""
+    spec = importlib.util.spec_from_file_location("train_pii_tagger", ROOT / "scripts" / "train_pii_tagger.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_pii_tagger", module)  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+_SPLITS = _training_script()
+in_test = _SPLITS.in_test  # the held-out templates
+in_training_half = _SPLITS.in_negative_half  # the self-instruct half whose lines may train the tagger
 
 
 def iou(a: Span, b: Span) -> float:
@@ -199,11 +212,6 @@ def pin_to_one_core(cpu: int | None) -> int | None:
     chosen = cpu if cpu is not None else min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {chosen})
     return chosen
-
-
-def in_training_half(text: str) -> bool:
-    """The half of self-instruct-benign whose lines may train the tagger (as scripts/train_pii_tagger.py splits)."""
-    return hashlib.sha256(text.encode("utf-8")).digest()[0] % 2 == 0
 
 
 ORDINARY = {"self-instruct-benign": "self-instruct-benign", "injecguard-notinject": "injecguard-notinject"}
